@@ -1,0 +1,30 @@
+"""python -m retrain --image_dir=DIR: retrain a classifier on a photo folder.
+
+Exit status: 0 done, 2 bad input (one line on stderr), 130 interrupted.
+"""
+
+from absl import app
+
+from retrain import cli
+from retrain import flags as retrain_flags
+
+FLAGS = retrain_flags.FLAGS
+
+
+def main(argv) -> int:
+  def job() -> int:
+    if len(argv) > 1:
+      raise retrain_flags.UserError(
+          f"unexpected argument {argv[1]!r}; flags are written --name=value")
+    cli.set_verbosity(FLAGS.logging_verbosity)
+    config, hparams, model = retrain_flags.to_config(FLAGS)
+    from retrain import pipeline  # pylint: disable=g-import-not-at-top
+    pipeline.run(config, hparams, model)
+    return 0
+  return cli.run_main(job, "retrain")
+
+
+run = cli.absl_entry(main)
+
+if __name__ == "__main__":
+  run()

@@ -1,0 +1,56 @@
+"""Immutable run configuration.
+
+The defaults here are also the command-line flags' defaults (see flags.py), so
+library code takes these tuples and never reads absl FLAGS.
+"""
+
+from typing import NamedTuple, Optional, Tuple
+
+# The classic tool's default model: Inception-v3 feature vectors (TF2 format).
+DEFAULT_TFHUB_MODULE = (
+    "https://tfhub.dev/google/imagenet/inception_v3/feature_vector/5")
+
+
+class HParams(NamedTuple):
+  """Training hyperparameters."""
+  how_many_training_steps: int = 4000
+  learning_rate: float = 0.01
+  train_batch_size: int = 100
+  validation_batch_size: int = 100  # -1: the whole validation set.
+  test_batch_size: int = -1  # -1: the whole test set.
+  eval_step_interval: int = 10
+  random_seed: int = 0
+
+
+class ModelOptions(NamedTuple):
+  """Which pretrained CNN to use and how to feed it.
+
+  Exactly one of `graph` (a frozen GraphDef file) and `tfhub_module` (a
+  TF-Hub handle or a local SavedModel directory) is used. `None` for a tensor
+  name, size or scaling means "recognise it from the model".
+  """
+  graph: str = ""
+  tfhub_module: str = DEFAULT_TFHUB_MODULE
+  input_tensor: Optional[str] = None
+  bottleneck_tensor: Optional[str] = None
+  input_size: Optional[Tuple[int, int]] = None
+  input_mean: Optional[float] = None
+  input_std: Optional[float] = None
+
+
+class RunConfig(NamedTuple):
+  """Where data comes from and where results go."""
+  image_dir: str
+  bottleneck_dir: str = "/tmp/bottleneck"
+  output_graph: str = "/tmp/output_graph.pb"
+  output_labels: str = "/tmp/output_labels.txt"
+  summaries_dir: str = "/tmp/retrain_logs"
+  saved_model_dir: str = ""
+  checkpoint_path: str = "/tmp/_retrain_checkpoint"
+  intermediate_output_graphs_dir: str = "/tmp/intermediate_graph/"
+  intermediate_store_frequency: int = 0
+  testing_percentage: int = 10
+  validation_percentage: int = 10
+  final_tensor_name: str = "final_result"
+  print_misclassified_test_images: bool = False
+  bottleneck_batch_size: int = 64

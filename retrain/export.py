@@ -1,0 +1,177 @@
+"""Exports for deployment: frozen graph + JSON metadata, labels, SavedModel.
+
+Every exported graph takes either
+
+  image:0        float32 [batch, H, W, 3], RGB pixels in [0, 255], already
+                 resized to H x W (the model's scaling is inside the graph), or
+  image_bytes:0  string [batch], encoded JPEG/PNG/GIF/BMP files, decoded and
+                 resized inside the graph exactly as during training,
+
+and returns final_result:0, float32 [batch, classes], softmax probabilities
+in the order of the labels file. Every file is written atomically.
+"""
+
+import json
+import os
+import shutil
+import tempfile
+from typing import Dict, Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from cache.atomic import atomic_write_bytes, atomic_write_text
+from retrain import preprocess
+from retrain.model import FeatureExtractor, build_bottleneck
+
+tf1 = tf.compat.v1
+
+IMAGE_INPUT = "image"
+BYTES_INPUT = "image_bytes"
+METADATA_FORMAT = "retrain-export/1"
+
+
+def build_inference_graph_def(fx: FeatureExtractor, weights: np.ndarray,
+                              biases: np.ndarray,
+                              final_tensor_name: str = "final_result"
+                              ) -> tf1.GraphDef:
+  """The pretrained CNN and the retrained layer as one frozen GraphDef.
+
+  Args:
+    fx: the pretrained model.
+    weights: float32 [D, classes]; biases: float32 [classes].
+    final_tensor_name: name of the softmax output.
+  """
+  graph = tf.Graph()
+  with graph.as_default():
+    image_bytes = tf1.placeholder(tf.string, [None], name=BYTES_INPUT)
+    decoded = preprocess.decode_batch(image_bytes, fx.input_size)
+    image = tf1.placeholder_with_default(
+        decoded, [None, fx.input_size[0], fx.input_size[1], 3],
+        name=IMAGE_INPUT)
+    bottleneck = build_bottleneck(fx, image)
+    logits = tf.nn.bias_add(
+        tf.matmul(bottleneck, tf.constant(weights, tf.float32,
+                                          name="final_weights")),
+        tf.constant(biases, tf.float32, name="final_biases"))
+    tf.nn.softmax(logits, name=final_tensor_name)
+  return tf1.graph_util.extract_sub_graph(graph.as_graph_def(),
+                                          [final_tensor_name])
+
+
+def io_description(fx: FeatureExtractor,
+                   final_tensor_name: str) -> Dict[str, object]:
+  """The exact inputs and output of an exported graph, for its JSON file."""
+  h, w = fx.input_size
+  return {
+      "inputs": {
+          "image": {
+              "name": IMAGE_INPUT + ":0", "dtype": "float32",
+              "shape": [None, h, w, 3],
+              "description": ("RGB pixel values in [0, 255], resized to "
+                              f"{h}x{w}; the model's scaling (x - "
+                              f"{fx.input_mean:g}) / {fx.input_std:g} "
+                              "happens inside the graph")},
+          "image_bytes": {
+              "name": BYTES_INPUT + ":0", "dtype": "string", "shape": [None],
+              "description": ("encoded JPEG, PNG, GIF or BMP files; decoded "
+                              f"to RGB and resized to {h}x{w} inside the "
+                              "graph")},
+      },
+      "output": {"name": final_tensor_name + ":0", "dtype": "float32",
+                 "shape": [None, "classes"],
+                 "description": "softmax probabilities in labels file order"},
+      "input_size": [h, w],
+      "resize": {"method": preprocess.RESIZE_METHOD,
+                 "antialias": preprocess.RESIZE_ANTIALIAS},
+      "input_scaling": {"mean": fx.input_mean, "std": fx.input_std},
+  }
+
+
+def metadata_path(graph_path: str) -> str:
+  """Where the JSON description of an exported graph lives: beside it."""
+  return os.path.splitext(graph_path)[0] + ".json"
+
+
+def write_frozen_graph(path: str, graph_def: tf1.GraphDef,
+                       metadata: Dict[str, object]) -> None:
+  """Writes the graph and, beside it, its JSON metadata."""
+  atomic_write_bytes(path, graph_def.SerializeToString(), fsync=True)
+  meta = dict(metadata, format=METADATA_FORMAT,
+              graph=os.path.basename(path))
+  atomic_write_text(metadata_path(path),
+                    json.dumps(meta, indent=2, sort_keys=True) + "\n",
+                    fsync=True)
+
+
+def write_labels(path: str, labels: Sequence[str]) -> None:
+  """One label per line, in output index order."""
+  atomic_write_text(path, "".join(label + "\n" for label in labels),
+                    fsync=True)
+
+
+def write_saved_model(export_dir: str, graph_def: tf1.GraphDef,
+                      labels: Sequence[str],
+                      final_tensor_name: str = "final_result") -> None:
+  """A SavedModel for TF Serving, replacing `export_dir` only once complete.
+
+  Signatures (tag "serve"):
+    serving_default: image_bytes (string [batch]) ->
+      probabilities (float32 [batch, classes]), label (string [batch]),
+      class_index (int64 [batch]).
+    serving_images: image (float32 [batch, H, W, 3] in [0, 255]) -> the same.
+  """
+  export_dir = os.path.abspath(export_dir.rstrip("/") or "/")
+  parent = os.path.dirname(export_dir)
+  os.makedirs(parent, exist_ok=True)
+  staging = tempfile.mkdtemp(dir=parent,
+                             prefix="." + os.path.basename(export_dir) + ".")
+  try:
+    target = os.path.join(staging, "model")
+    graph = tf.Graph()
+    with graph.as_default():
+      tf1.import_graph_def(graph_def, name="")
+      probabilities = graph.get_tensor_by_name(final_tensor_name + ":0")
+      class_index = tf.argmax(probabilities, 1, name="class_index")
+      label = tf.gather(tf.constant(list(labels)), class_index, name="label")
+      outputs = {"probabilities": probabilities, "label": label,
+                 "class_index": class_index}
+      signatures = {
+          "serving_default": tf1.saved_model.predict_signature_def(
+              {"image_bytes": graph.get_tensor_by_name(BYTES_INPUT + ":0")},
+              outputs),
+          "serving_images": tf1.saved_model.predict_signature_def(
+              {"image": graph.get_tensor_by_name(IMAGE_INPUT + ":0")},
+              outputs),
+      }
+      with tf1.Session(graph=graph) as sess:
+        builder = tf1.saved_model.Builder(target)
+        builder.add_meta_graph_and_variables(
+            sess, [tf1.saved_model.SERVING], signature_def_map=signatures,
+            strip_default_attrs=True)
+        builder.save()
+    _replace_dir(target, export_dir)
+  finally:
+    shutil.rmtree(staging, ignore_errors=True)
+
+
+def _replace_dir(new: str, dest: str) -> None:
+  """Moves folder `new` to `dest`; an old `dest` is removed only afterwards."""
+  if not os.path.exists(dest):
+    os.replace(new, dest)
+    return
+  old = tempfile.mkdtemp(dir=os.path.dirname(dest),
+                         prefix="." + os.path.basename(dest) + ".old.")
+  os.rmdir(old)
+  os.replace(dest, old)
+  try:
+    os.replace(new, dest)
+  except OSError:
+    os.replace(old, dest)
+    raise
+  shutil.rmtree(old, ignore_errors=True)
+
+
+def is_saved_model_dir(path: str) -> bool:
+  return any(os.path.isfile(os.path.join(path, f))
+             for f in ("saved_model.pb", "saved_model.pbtxt"))

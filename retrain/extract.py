@@ -1,0 +1,99 @@
+"""Computing bottlenecks: images decoded on all cores, the CNN run on batches."""
+
+import collections
+import concurrent.futures
+import os
+from typing import Iterator, Optional, Sequence, Tuple
+
+import numpy as np
+import tensorflow as tf
+
+from retrain import preprocess
+from retrain.model import FeatureExtractor, build_bottleneck
+
+tf1 = tf.compat.v1
+
+
+class BottleneckExtractor:
+  """Turns image files into bottleneck vectors with one TF session.
+
+  Files are read and decoded by a thread pool (TensorFlow's decode ops release
+  the GIL), while the main thread runs the CNN on batches of decoded images.
+
+  Usage:
+    with BottleneckExtractor(fx) as extractor:
+      for index, vector, error in extractor.compute(paths): ...
+  """
+
+  def __init__(self, fx: FeatureExtractor, batch_size: int = 64,
+               num_threads: Optional[int] = None):
+    self.fx = fx
+    self.batch_size = batch_size
+    self.num_threads = num_threads or os.cpu_count() or 1
+    self.graph = tf.Graph()
+    with self.graph.as_default():
+      self._contents = tf1.placeholder(tf.string, [], name="contents")
+      self._decoded = preprocess.decode_and_resize(self._contents,
+                                                   fx.input_size)
+      self._images = tf1.placeholder(tf.float32, [None, *fx.input_size, 3],
+                                     name="images")
+      self._bottleneck = build_bottleneck(fx, self._images)
+    self.graph.finalize()
+    self.session = tf1.Session(graph=self.graph)
+
+  def close(self) -> None:
+    self.session.close()
+
+  def __enter__(self) -> "BottleneckExtractor":
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()
+
+  def decode(self, path: str) -> Tuple[Optional[np.ndarray], Optional[str]]:
+    """(float32 [H, W, 3] image, None) or (None, reason it cannot be used)."""
+    try:
+      with open(path, "rb") as f:
+        data = f.read()
+    except OSError as e:
+      return None, f"cannot read it ({e.strerror})"
+    if not data:
+      return None, "empty file"
+    try:
+      return self.session.run(self._decoded, {self._contents: data}), None
+    except tf.errors.OpError as e:
+      reason = e.message.strip().splitlines()[0] if e.message else str(e)
+      return None, f"cannot decode it ({reason})"
+
+  def bottlenecks(self, images: np.ndarray) -> np.ndarray:
+    """float32 [n, H, W, 3] images in [0, 255] -> float32 [n, D]."""
+    return self.session.run(self._bottleneck, {self._images: images})
+
+  def compute(self, paths: Sequence[str]
+              ) -> Iterator[Tuple[int, Optional[np.ndarray], Optional[str]]]:
+    """Yields (index, vector, None) or (index, None, reason) for every path."""
+    if not paths:
+      return
+    window = self.batch_size * 2 + self.num_threads
+    with concurrent.futures.ThreadPoolExecutor(self.num_threads) as pool:
+      pending = collections.deque()
+      batch_index, batch_images = [], []
+      next_path = 0
+      while pending or next_path < len(paths):
+        while next_path < len(paths) and len(pending) < window:
+          pending.append((next_path, pool.submit(self.decode,
+                                                 paths[next_path])))
+          next_path += 1
+        index, future = pending.popleft()
+        image, error = future.result()
+        if image is None:
+          yield index, None, error
+        else:
+          batch_index.append(index)
+          batch_images.append(image)
+        if len(batch_images) == self.batch_size or (
+            batch_images and not pending and next_path == len(paths)):
+          vectors = self.bottlenecks(np.stack(batch_images))
+          for i, v in zip(batch_index, vectors):
+            yield i, v, None
+          batch_index, batch_images = [], []

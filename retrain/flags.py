@@ -1,0 +1,152 @@
+"""Every command-line flag of `python -m retrain`, grouped, with help text.
+
+The defaults come from the config tuples, so the library and the command line
+agree. `to_config` turns parsed flags into those tuples; nothing else reads
+FLAGS.
+"""
+
+from typing import Optional, Tuple
+
+from absl import flags
+
+from retrain.config import HParams, ModelOptions, RunConfig
+from retrain.errors import UserError
+
+_H = HParams()
+_M = ModelOptions()
+_R = RunConfig(image_dir="")
+
+# Data.
+flags.DEFINE_string("image_dir", "", "Folder with one sub-folder of images per "
+                    "class (JPEG, PNG, GIF, BMP).")
+flags.DEFINE_integer("testing_percentage", _R.testing_percentage,
+                     "Percentage of images in the test set.")
+flags.DEFINE_integer("validation_percentage", _R.validation_percentage,
+                     "Percentage of images in the validation set.")
+
+# Model.
+flags.DEFINE_string("tfhub_module", _M.tfhub_module,
+                    "TF-Hub image feature vector module: a URL (downloaded "
+                    "and cached by tensorflow_hub; TFHUB_CACHE_DIR is "
+                    "honoured) or a local SavedModel folder.")
+flags.DEFINE_string("graph", _M.graph, "Frozen GraphDef (.pb) of a "
+                    "pretrained CNN, instead of --tfhub_module.")
+flags.DEFINE_string("input_tensor", None, "--graph: its float image input "
+                    "tensor (default: recognised for Inception-v3 and "
+                    "MobileNet v1 graphs).")
+flags.DEFINE_string("bottleneck_tensor", None, "--graph: its bottleneck "
+                    "(penultimate feature) tensor (default: recognised).")
+flags.DEFINE_string("input_size", None, "Model input size HEIGHT,WIDTH (or "
+                    "one number for square), when the model does not tell.")
+flags.DEFINE_float("input_mean", None, "The model takes (pixel - input_mean)"
+                   " / input_std, pixels in [0, 255] (default: recognised "
+                   "graphs; 0 for TF-Hub modules).")
+flags.DEFINE_float("input_std", None, "See --input_mean (default: recognised "
+                   "graphs; 255 for TF-Hub modules).")
+
+# Bottleneck cache.
+flags.DEFINE_string("bottleneck_dir", _R.bottleneck_dir,
+                    "Folder of the bottleneck cache.")
+flags.DEFINE_integer("bottleneck_batch_size", _R.bottleneck_batch_size,
+                     "Images per CNN run when computing bottlenecks.")
+
+# Training.
+flags.DEFINE_integer("how_many_training_steps", _H.how_many_training_steps,
+                     "How many training steps to run.")
+flags.DEFINE_float("learning_rate", _H.learning_rate,
+                   "Learning rate of gradient descent.")
+flags.DEFINE_integer("train_batch_size", _H.train_batch_size,
+                     "Bottlenecks per training step.")
+flags.DEFINE_integer("validation_batch_size", _H.validation_batch_size,
+                     "Validation images per evaluation (-1: all).")
+flags.DEFINE_integer("test_batch_size", _H.test_batch_size,
+                     "Test images for the final accuracy (-1: all).")
+flags.DEFINE_integer("eval_step_interval", _H.eval_step_interval,
+                     "Evaluate every this many steps.")
+flags.DEFINE_integer("random_seed", _H.random_seed, "Seed of weight "
+                     "initialisation and batch sampling: the same seed and "
+                     "data give the same numbers.")
+flags.DEFINE_bool("print_misclassified_test_images",
+                  _R.print_misclassified_test_images,
+                  "Print every misclassified test image.")
+
+# Outputs.
+flags.DEFINE_string("output_graph", _R.output_graph,
+                    "Where to write the retrained frozen graph (a .json "
+                    "description is written beside it).")
+flags.DEFINE_string("output_labels", _R.output_labels,
+                    "Where to write the labels, one per line.")
+flags.DEFINE_string("final_tensor_name", _R.final_tensor_name,
+                    "Name of the output softmax tensor.")
+flags.DEFINE_string("saved_model_dir", _R.saved_model_dir,
+                    "Where to write a SavedModel for serving (empty: none).")
+flags.DEFINE_string("summaries_dir", _R.summaries_dir, "Where TensorBoard "
+                    "summaries go, in a new run-* folder (empty: none).")
+flags.DEFINE_string("checkpoint_path", _R.checkpoint_path,
+                    "Where to save the trained layer's checkpoint (empty: "
+                    "none).")
+flags.DEFINE_string("intermediate_output_graphs_dir",
+                    _R.intermediate_output_graphs_dir,
+                    "Where intermediate graphs go.")
+flags.DEFINE_integer("intermediate_store_frequency",
+                     _R.intermediate_store_frequency,
+                     "Write an intermediate graph every this many steps "
+                     "(0: never).")
+flags.DEFINE_enum("logging_verbosity", "INFO",
+                  ["DEBUG", "INFO", "WARN", "ERROR", "FATAL"],
+                  "How much to log.")
+
+FLAGS = flags.FLAGS
+
+
+def parse_input_size(text: Optional[str]) -> Optional[Tuple[int, int]]:
+  """'224' or '224,224' or '299x299' -> (height, width)."""
+  if text is None or text == "":
+    return None
+  parts = text.replace("x", ",").split(",")
+  try:
+    dims = [int(p) for p in parts]
+  except ValueError:
+    dims = []
+  if len(dims) == 1:
+    dims = dims * 2
+  if len(dims) != 2 or min(dims) <= 0:
+    raise UserError(f"--input_size={text}: expected HEIGHT,WIDTH, e.g. "
+                    "224,224")
+  return dims[0], dims[1]
+
+
+def to_config(f=FLAGS) -> Tuple[RunConfig, HParams, ModelOptions]:
+  """The parsed flags as the library's config tuples."""
+  graph_given = bool(f.graph)
+  if graph_given and f["tfhub_module"].present:
+    raise UserError("--graph and --tfhub_module both given; pass only one "
+                    "model")
+  for flag in ("input_tensor", "bottleneck_tensor"):
+    if f[flag].value is not None and not graph_given:
+      raise UserError(f"--{flag} applies to --graph only; TF-Hub modules "
+                      "name their tensors in their signature")
+  model = ModelOptions(
+      graph=f.graph, tfhub_module="" if graph_given else f.tfhub_module,
+      input_tensor=f.input_tensor, bottleneck_tensor=f.bottleneck_tensor,
+      input_size=parse_input_size(f.input_size), input_mean=f.input_mean,
+      input_std=f.input_std)
+  hparams = HParams(
+      how_many_training_steps=f.how_many_training_steps,
+      learning_rate=f.learning_rate, train_batch_size=f.train_batch_size,
+      validation_batch_size=f.validation_batch_size,
+      test_batch_size=f.test_batch_size,
+      eval_step_interval=f.eval_step_interval, random_seed=f.random_seed)
+  config = RunConfig(
+      image_dir=f.image_dir, bottleneck_dir=f.bottleneck_dir,
+      output_graph=f.output_graph, output_labels=f.output_labels,
+      summaries_dir=f.summaries_dir, saved_model_dir=f.saved_model_dir,
+      checkpoint_path=f.checkpoint_path,
+      intermediate_output_graphs_dir=f.intermediate_output_graphs_dir,
+      intermediate_store_frequency=f.intermediate_store_frequency,
+      testing_percentage=f.testing_percentage,
+      validation_percentage=f.validation_percentage,
+      final_tensor_name=f.final_tensor_name,
+      print_misclassified_test_images=f.print_misclassified_test_images,
+      bottleneck_batch_size=f.bottleneck_batch_size)
+  return config, hparams, model

@@ -1,0 +1,298 @@
+"""The whole job, step by step: files -> split -> bottlenecks -> training -> export.
+
+`run` is the library entry point; `python -m retrain` parses flags into the
+config tuples and calls it.
+"""
+
+import dataclasses
+import datetime
+import os
+import re
+import time
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+import cache
+from retrain import export, images, train
+from retrain.config import HParams, ModelOptions, RunConfig
+from retrain.errors import UserError
+from retrain.extract import BottleneckExtractor
+from retrain.model import FeatureExtractor, load_feature_extractor
+
+tf1 = tf.compat.v1
+
+
+@dataclasses.dataclass
+class RunResult:
+  """What a run measured and wrote."""
+  labels: List[str]
+  test_accuracy: Optional[float]
+  test_paths: List[str]
+  test_truth: np.ndarray  # int [n]
+  test_probabilities: np.ndarray  # float32 [n, classes], trained session
+  history: List[train.EvalPoint]
+  skipped: List[Tuple[str, str]]
+  bottlenecks_from_cache: int
+  bottlenecks_computed: int
+  set_sizes: Dict[str, int]
+  outputs: List[str]
+  model: Dict[str, object]
+
+
+def check_config(config: RunConfig, hparams: HParams) -> None:
+  """Raises UserError for a flag value that cannot work. Writes nothing."""
+  def need(ok: bool, message: str) -> None:
+    if not ok:
+      raise UserError(message)
+  for flag in ("testing_percentage", "validation_percentage"):
+    value = getattr(config, flag)
+    need(0 <= value < 100, f"--{flag}={value}: must be from 0 to 99")
+  total = config.testing_percentage + config.validation_percentage
+  need(total < 100, f"--testing_percentage plus --validation_percentage is "
+       f"{total}; must be below 100 so that images are left for training")
+  for flag in ("how_many_training_steps", "train_batch_size",
+               "eval_step_interval"):
+    value = getattr(hparams, flag)
+    need(value > 0, f"--{flag}={value}: must be a positive number")
+  need(hparams.learning_rate > 0,
+       f"--learning_rate={hparams.learning_rate}: must be positive")
+  for flag in ("validation_batch_size", "test_batch_size"):
+    value = getattr(hparams, flag)
+    need(value > 0 or value == -1,
+         f"--{flag}={value}: must be positive, or -1 for the whole set")
+  need(config.bottleneck_batch_size > 0,
+       f"--bottleneck_batch_size={config.bottleneck_batch_size}: must be "
+       "positive")
+  need(config.intermediate_store_frequency >= 0,
+       f"--intermediate_store_frequency={config.intermediate_store_frequency}"
+       ": must be 0 (off) or positive")
+  need(bool(re.fullmatch(r"[A-Za-z0-9.][A-Za-z0-9_.\-/]*",
+                         config.final_tensor_name)),
+       f"--final_tensor_name={config.final_tensor_name!r}: not a valid "
+       "TensorFlow op name (letters, digits, '_', '.', '-', '/')")
+  for flag in ("output_graph", "output_labels"):
+    path = getattr(config, flag)
+    need(bool(path), f"--{flag} must not be empty")
+    need(not os.path.isdir(path),
+         f"--{flag}={path} is a folder; pass a file path")
+    _check_writable(flag, os.path.dirname(os.path.abspath(path)))
+  folders = [("bottleneck_dir", config.bottleneck_dir)]
+  if config.summaries_dir:
+    folders.append(("summaries_dir", config.summaries_dir))
+  if config.intermediate_store_frequency:
+    folders.append(("intermediate_output_graphs_dir",
+                    config.intermediate_output_graphs_dir))
+  if config.checkpoint_path:
+    folders.append(("checkpoint_path",
+                    os.path.dirname(os.path.abspath(config.checkpoint_path))))
+  for flag, folder in folders:
+    need(bool(folder), f"--{flag} must not be empty")
+    _check_writable(flag, folder)
+  if config.saved_model_dir:
+    d = config.saved_model_dir
+    need(not os.path.isfile(d), f"--saved_model_dir={d} is a file; pass a "
+         "folder path")
+    need(not os.path.isdir(d) or not os.listdir(d) or
+         export.is_saved_model_dir(d),
+         f"--saved_model_dir={d} exists and holds something other than a "
+         "SavedModel; pass a new or empty folder")
+    _check_writable("saved_model_dir", os.path.dirname(os.path.abspath(d)))
+
+
+def _check_writable(flag: str, folder: str) -> None:
+  """The folder, or its nearest existing ancestor, must be a writable folder."""
+  probe = os.path.abspath(folder)
+  while not os.path.exists(probe):
+    probe = os.path.dirname(probe)
+  if not os.path.isdir(probe):
+    raise UserError(f"--{flag}: {probe} is a file, so {folder} cannot be "
+                    "created; choose another path")
+  if not os.access(probe, os.W_OK | os.X_OK):
+    raise UserError(f"--{flag}: cannot write in {probe}; choose a folder you "
+                    "can write to")
+
+
+def _progress_logger(what: str) -> Callable[[int, int], None]:
+  start = time.time()
+  last = [start]
+  def report(done: int, total: int) -> None:
+    now = time.time()
+    if done == total or now - last[0] >= 5:
+      last[0] = now
+      rate = done / max(now - start, 1e-9)
+      logging.info("%s: %d/%d (%.0f images/s)", what, done, total, rate)
+  return report
+
+
+def compute_bottlenecks(image_lists: images.ImageLists, fx: FeatureExtractor,
+                        bottleneck_dir: str, batch_size: int
+                        ) -> Tuple[Dict[str, train.LabeledBottlenecks],
+                                   cache.FillResult]:
+  """The bottlenecks of every image, by set, from the cache or computed."""
+  refs, truth, category = [], [], []
+  for class_index, class_images in enumerate(image_lists.classes):
+    for cat in images.CATEGORIES:
+      for rel in class_images.images(cat):
+        refs.append(cache.ImageRef(image_lists.path(class_images, rel),
+                                   class_images.dir_name, rel))
+        truth.append(class_index)
+        category.append(cat)
+  store = cache.BottleneckCache(bottleneck_dir, fx.tag)
+  extractor: List[BottleneckExtractor] = []
+
+  def compute(paths):
+    if not paths:
+      return iter(())
+    logging.info("Computing %d bottlenecks with %s (%d cached)", len(paths),
+                 fx.tag, len(refs) - len(paths))
+    extractor.append(BottleneckExtractor(fx, batch_size))
+    return extractor[0].compute(paths)
+
+  try:
+    result = store.fill(refs, compute, _progress_logger("Bottlenecks"))
+  finally:
+    for e in extractor:
+      e.close()
+  truth = np.array(truth, np.int64)
+  category = np.array(category)
+  sets = {}
+  for cat in images.CATEGORIES:
+    keep = (category == cat) & result.ok
+    sets[cat] = train.LabeledBottlenecks(
+        result.vectors[keep], truth[keep],
+        [r.path for r, k in zip(refs, keep) if k])
+  return sets, result
+
+
+def _intermediate_exporter(config: RunConfig, fx: FeatureExtractor,
+                           tg: train.TrainingGraph, session: tf1.Session,
+                           metadata: Dict[str, object],
+                           written: List[str]) -> Callable[[int], None]:
+  def store(step: int) -> None:
+    weights, biases = train.final_layer(tg, session)
+    graph_def = export.build_inference_graph_def(fx, weights, biases,
+                                                 config.final_tensor_name)
+    path = os.path.join(config.intermediate_output_graphs_dir,
+                        f"intermediate_{step}.pb")
+    export.write_frozen_graph(path, graph_def, dict(metadata, step=step))
+    written.append(path)
+    logging.info("Saved intermediate graph %s", path)
+  return store
+
+
+def run(config: RunConfig, hparams: HParams = HParams(),
+        model_options: ModelOptions = ModelOptions()) -> RunResult:
+  """Retrains and exports. Raises UserError for bad input, before writing."""
+  check_config(config, hparams)
+  image_lists = images.list_images(config.image_dir, config.testing_percentage,
+                                   config.validation_percentage)
+  for warning in image_lists.warnings:
+    logging.warning("%s", warning)
+  labels = image_lists.labels
+  logging.info("%d classes: %s", len(labels), ", ".join(labels))
+  fx = load_feature_extractor(model_options)
+  logging.info("Model %s: input %s %dx%d, bottleneck %s (%d-d)", fx.source,
+               fx.input_tensor, *fx.input_size, fx.bottleneck_tensor,
+               fx.bottleneck_size)
+
+  sets, filled = compute_bottlenecks(image_lists, fx, config.bottleneck_dir,
+                                     config.bottleneck_batch_size)
+  logging.info("Bottlenecks: %d from cache, %d computed, %d skipped",
+               filled.from_cache, filled.computed, len(filled.failures))
+  for path, reason in filled.failures:
+    logging.warning("Skipped %s: %s", path, reason)
+  sizes = {cat: len(s) for cat, s in sets.items()}
+  logging.info("Images: %d training, %d validation, %d testing",
+               sizes[images.TRAINING], sizes[images.VALIDATION],
+               sizes[images.TESTING])
+  train_set = sets[images.TRAINING]
+  present = set(train_set.y.tolist())
+  if len(present) < 2:
+    raise UserError(f"--image_dir={config.image_dir}: fewer than 2 classes "
+                    "have a usable training image; add images")
+  for index, label in enumerate(labels):
+    if index not in present:
+      logging.warning("class %r has no usable training image; it will never "
+                      "be predicted", label)
+
+  metadata = dict(
+      labels=os.path.abspath(config.output_labels), classes=len(labels),
+      model=fx.describe(),
+      **export.io_description(fx, config.final_tensor_name))
+  outputs: List[str] = []
+  tg = train.build_training_graph(fx.bottleneck_size, len(labels), hparams,
+                                  config.final_tensor_name)
+  writers = []
+  if config.summaries_dir:
+    run_name = datetime.datetime.now().strftime("run-%Y%m%d-%H%M%S-") + str(
+        os.getpid())
+    run_dir = os.path.join(config.summaries_dir, run_name)
+    with tg.graph.as_default():
+      writers = [tf1.summary.FileWriter(os.path.join(run_dir, "train"),
+                                        tg.graph),
+                 tf1.summary.FileWriter(os.path.join(run_dir, "validation"))]
+    logging.info("TensorBoard summaries in %s", run_dir)
+  with tf1.Session(graph=tg.graph) as session:
+    try:
+      history = train.train(
+          tg, session, train_set, sets[images.VALIDATION], len(labels),
+          hparams, log=lambda s: logging.info("%s", s),
+          train_writer=writers[0] if writers else None,
+          validation_writer=writers[1] if writers else None,
+          on_interval=_intermediate_exporter(config, fx, tg, session,
+                                             metadata, outputs),
+          store_every=config.intermediate_store_frequency)
+    finally:
+      for w in writers:
+        w.close()
+    if config.checkpoint_path:
+      tg.saver.save(session, config.checkpoint_path, write_meta_graph=False,
+                    write_state=False)
+    test_set = sets[images.TESTING]
+    rng = np.random.default_rng(hparams.random_seed + 1)
+    pick = train.sample_subset(len(test_set), hparams.test_batch_size, rng)
+    test_x, test_y = test_set.x[pick], test_set.y[pick]
+    test_paths = [test_set.paths[i] for i in pick]
+    probabilities = train.predict(tg, session, test_x)
+    weights, biases = train.final_layer(tg, session)
+
+  test_accuracy = None
+  if len(test_y):
+    predicted = probabilities.argmax(1)
+    test_accuracy = float(np.mean(predicted == test_y))
+    logging.info("Final test accuracy = %.1f%% (N=%d)", test_accuracy * 100,
+                 len(test_y))
+    if config.print_misclassified_test_images:
+      logging.info("=== MISCLASSIFIED TEST IMAGES ===")
+      for path, truth, pred, probs in zip(test_paths, test_y, predicted,
+                                          probabilities):
+        if truth != pred:
+          logging.info("%s: true %s, predicted %s (%.3f)", path,
+                       labels[truth], labels[pred], probs[pred])
+  else:
+    logging.warning("No test images: the test accuracy is not measured "
+                    "(raise --testing_percentage)")
+
+  metadata.update(test_accuracy=test_accuracy, test_images=len(test_y),
+                  skipped_images=len(filled.failures))
+  graph_def = export.build_inference_graph_def(fx, weights, biases,
+                                               config.final_tensor_name)
+  export.write_frozen_graph(config.output_graph, graph_def, metadata)
+  export.write_labels(config.output_labels, labels)
+  skipped_path = os.path.splitext(config.output_graph)[0] + ".skipped.txt"
+  cache.atomic_write_text(skipped_path, "".join(
+      f"{p}\t{r}\n" for p, r in filled.failures))
+  outputs += [config.output_graph, export.metadata_path(config.output_graph),
+              config.output_labels, skipped_path]
+  if config.saved_model_dir:
+    export.write_saved_model(config.saved_model_dir, graph_def, labels,
+                             config.final_tensor_name)
+    outputs.append(config.saved_model_dir)
+  for path in outputs:
+    logging.info("Wrote %s", path)
+  return RunResult(labels, test_accuracy, test_paths, test_y, probabilities,
+                   history, filled.failures, filled.from_cache,
+                   filled.computed, sizes, outputs, fx.describe())

@@ -310,6 +310,9 @@ def _resolve_handle(handle: str) -> str:
     path = handle
   elif "://" in handle:
     import tensorflow_hub as hub  # pylint: disable=g-import-not-at-top
+    from absl import logging  # pylint: disable=g-import-not-at-top
+    verbosity = logging.get_verbosity()
+    logging.set_verbosity(logging.WARNING)  # Quiet "Downloading..." notes.
     try:
       path = hub.resolve(handle)
     except Exception as e:  # pylint: disable=broad-except
@@ -318,6 +321,8 @@ def _resolve_handle(handle: str) -> str:
           f"({_first_line(e)[:120]}); without internet, download the module "
           "elsewhere and pass --tfhub_module=/path/to/saved_model_dir, or "
           "pass --graph=/path/to/frozen_graph.pb")
+    finally:
+      logging.set_verbosity(verbosity)
   elif os.path.isfile(handle):
     raise UserError(f"--tfhub_module={handle} is a file; pass a SavedModel "
                     "folder, or a frozen GraphDef with --graph")

@@ -8,6 +8,7 @@ import dataclasses
 import datetime
 import os
 import re
+import tempfile
 import time
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -110,7 +111,10 @@ def _check_writable(flag: str, folder: str) -> None:
   if not os.path.isdir(probe):
     raise UserError(f"--{flag}: {probe} is a file, so {folder} cannot be "
                     "created; choose another path")
-  if not os.access(probe, os.W_OK | os.X_OK):
+  try:  # A real probe: access() says yes to root even on read-only mounts.
+    with tempfile.TemporaryFile(dir=probe):
+      pass
+  except OSError:
     raise UserError(f"--{flag}: cannot write in {probe}; choose a folder you "
                     "can write to")
 
@@ -186,14 +190,16 @@ def _intermediate_exporter(config: RunConfig, fx: FeatureExtractor,
 def run(config: RunConfig, hparams: HParams = HParams(),
         model_options: ModelOptions = ModelOptions()) -> RunResult:
   """Retrains and exports. Raises UserError for bad input, before writing."""
+  # Everything that can be wrong with the input is checked before anything
+  # is logged or written, so bad input gives one line and no files.
   check_config(config, hparams)
   image_lists = images.list_images(config.image_dir, config.testing_percentage,
                                    config.validation_percentage)
+  fx = load_feature_extractor(model_options)
   for warning in image_lists.warnings:
     logging.warning("%s", warning)
   labels = image_lists.labels
   logging.info("%d classes: %s", len(labels), ", ".join(labels))
-  fx = load_feature_extractor(model_options)
   logging.info("Model %s: input %s %dx%d, bottleneck %s (%d-d)", fx.source,
                fx.input_tensor, *fx.input_size, fx.bottleneck_tensor,
                fx.bottleneck_size)

@@ -1,0 +1,36 @@
+"""retrain: a folder of labeled photos in, a deployable image classifier out."""
+
+import re
+
+from setuptools import setup
+
+with open("retrain/__init__.py", encoding="utf-8") as f:
+  VERSION = re.search(r'__version__ = "([^"]+)"', f.read()).group(1)
+
+with open("README.md", encoding="utf-8") as f:
+  LONG_DESCRIPTION = f.read()
+
+setup(
+    name="retrain",
+    version=VERSION,
+    description=("Transfer learning from a folder of labeled photos to a "
+                 "deployable image classifier, with a bottleneck cache."),
+    long_description=LONG_DESCRIPTION,
+    long_description_content_type="text/markdown",
+    packages=["retrain", "cache"],
+    python_requires=">=3.9",
+    install_requires=[
+        "tensorflow>=2.16,<3",
+        "tensorflow-hub>=0.16",
+        "numpy",
+        "absl-py",
+    ],
+    extras_require={"test": ["pytest"]},
+    entry_points={
+        "console_scripts": [
+            "retrain=retrain.__main__:run",
+            "label_image=retrain.label_image:run",
+        ],
+    },
+    license="Apache-2.0",
+)

@@ -1,0 +1,107 @@
+"""The command line: a full run, and one-line errors for bad invocations."""
+
+import os
+
+import pytest
+
+from tests import helpers
+
+
+def _outputs(tmp):
+  return [f"--bottleneck_dir={tmp}/bn", f"--output_graph={tmp}/out/g.pb",
+          f"--output_labels={tmp}/out/labels.txt",
+          f"--summaries_dir={tmp}/sum", f"--checkpoint_path={tmp}/ckpt/c",
+          f"--intermediate_output_graphs_dir={tmp}/inter"]
+
+
+def test_cli_full_run_with_a_frozen_graph(small_models, color_images,
+                                          tmp_path):
+  proc = helpers.run_cli([f"--image_dir={color_images}",
+                          f"--graph={small_models['inception']}",
+                          "--how_many_training_steps=100",
+                          "--learning_rate=0.05", "--eval_step_interval=50",
+                          "--testing_percentage=25",
+                          "--print_misclassified_test_images",
+                          *_outputs(tmp_path)])
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert "Final test accuracy = " in proc.stderr
+  assert "Step 100/100: train accuracy" in proc.stderr
+  assert "MISCLASSIFIED" in proc.stderr
+  assert "Traceback" not in proc.stderr
+  assert "cuda" not in proc.stderr.lower()  # TensorFlow's chatter is hidden.
+  assert os.path.isfile(tmp_path / "out" / "g.pb")
+  assert (tmp_path / "out" / "labels.txt").read_text() == "blue\ngreen\nred\n"
+
+
+BAD = [
+    ([], "--image_dir is required"),
+    (["--image_dir=MISSING"], "no such folder"),
+    (["--image_dir=ONE_CLASS"], "need at least 2 class"),
+    (["--testing_percentage=-1"], "--testing_percentage=-1"),
+    (["--validation_percentage=100"], "--validation_percentage=100"),
+    (["--testing_percentage=50", "--validation_percentage=50"],
+     "must be below 100"),
+    (["--how_many_training_steps=0"], "--how_many_training_steps=0"),
+    (["--train_batch_size=-5"], "--train_batch_size=-5"),
+    (["--validation_batch_size=0"], "--validation_batch_size=0"),
+    (["--eval_step_interval=0"], "--eval_step_interval=0"),
+    (["--learning_rate=0"], "--learning_rate=0"),
+    (["--output_graph=/proc/nope/g.pb"], "cannot write in /proc"),
+    (["--output_graph=FOLDER"], "is a folder"),
+    (["--graph=/nonexistent.pb"], "--graph=/nonexistent.pb: no such file"),
+    (["--graph=NOT_A_GRAPH"], "not a TensorFlow GraphDef"),
+    (["--graph=INCEPTION", "--bottleneck_tensor=pool_9"],
+     "candidates: .*pool_3"),
+    (["--graph=INCEPTION", "--tfhub_module=HUB"], "both given"),
+    (["--tfhub_module=HUB", "--input_tensor=x"], "applies to --graph only"),
+    (["--tfhub_module=NOT_IMAGE"], "not an image feature vector"),
+    (["--tfhub_module=FOLDER"], "not a SavedModel"),
+    (["--graph=INCEPTION", "--input_size=abc"], "--input_size=abc"),
+    (["--graph=INCEPTION", "stray"], "unexpected argument"),
+    ([], "could not download it"),  # The default TF-Hub URL, offline.
+]
+
+
+@pytest.mark.parametrize("args,message", BAD)
+def test_bad_invocation_is_one_line_and_writes_nothing(
+    small_models, color_images, tmp_path, args, message):
+  if args == [] and "download" in message:
+    if os.environ.get("RETRAIN_ONLINE"):
+      pytest.skip("this machine can reach TF Hub")
+    args = [f"--image_dir={color_images}"]
+  elif not any(a.startswith("--image_dir") for a in args) and args:
+    args = [f"--image_dir={color_images}", *args]
+  one = tmp_path / "input" / "one"
+  one.mkdir(parents=True)
+  (one / "x.jpg").write_bytes(b"x")
+  folder = tmp_path / "input" / "folder"
+  folder.mkdir()
+  bad = tmp_path / "input" / "bad.pb"
+  bad.write_bytes(b"not a graph at all" * 5)
+  subst = {"MISSING": str(tmp_path / "nope"), "ONE_CLASS": str(one.parent),
+           "FOLDER": str(folder), "NOT_A_GRAPH": str(bad),
+           "INCEPTION": small_models["inception"], "HUB": small_models["hub"],
+           "NOT_IMAGE": small_models["not_image"]}
+  for key, value in subst.items():
+    args = [a.replace(key, value) for a in args]
+  out = tmp_path / "outputs"
+  out.mkdir()
+  names = {a.split("=")[0] for a in args}
+  extra = [o for o in _outputs(out) if o.split("=")[0] not in names]
+  proc = helpers.run_cli(args + extra)
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  lines = proc.stderr.strip().splitlines()
+  assert len(lines) == 1, proc.stderr
+  assert lines[0].startswith("retrain: error: ")
+  import re
+  assert re.search(message, lines[0]), lines[0]
+  assert "Traceback" not in proc.stderr
+  assert os.listdir(out) == []
+
+
+def test_label_image_errors_are_one_line(tmp_path):
+  proc = helpers.run_cli(["--graph=/nonexistent.pb", "--image=x.jpg"],
+                         module="retrain.label_image")
+  assert proc.returncode == 2
+  assert proc.stderr.strip().splitlines() == [
+      "label_image: error: --graph=/nonexistent.pb: no such file"]

@@ -1,0 +1,151 @@
+"""Loading frozen graphs and TF-Hub modules as feature extractors."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from retrain import model
+from retrain.config import ModelOptions
+from retrain.errors import UserError
+
+tf1 = tf.compat.v1
+
+
+def _features(fx, images):
+  g = tf.Graph()
+  with g.as_default():
+    x = tf1.placeholder(tf.float32, [None, *fx.input_size, 3])
+    out = model.build_bottleneck(fx, x)
+    with tf1.Session(graph=g) as sess:
+      return sess.run(out, {x: images})
+
+
+def test_inception_graph_is_recognised_and_runs_on_batches(small_models):
+  fx = model.load_feature_extractor(
+      ModelOptions(graph=small_models["inception"]))
+  assert fx.input_tensor == "Mul:0"
+  assert fx.input_size == (299, 299)
+  assert (fx.input_mean, fx.input_std) == (128.0, 128.0)
+  assert fx.bottleneck_size == 2048
+  # pool_3/_reshape fixes the batch at 1; the extractor sees through it.
+  assert fx.bottleneck_tensor == "pool_3:0"
+  rng = np.random.default_rng(0)
+  images = rng.uniform(0, 255, size=(3, 299, 299, 3)).astype(np.float32)
+  batched = _features(fx, images)
+  assert batched.shape == (3, 2048)
+  one_by_one = np.concatenate([_features(fx, images[i:i + 1])
+                               for i in range(3)])
+  np.testing.assert_allclose(batched, one_by_one, rtol=1e-5, atol=1e-6)
+
+
+def test_inception_jpeg_input_name_is_accepted(small_models):
+  fx = model.load_feature_extractor(ModelOptions(
+      graph=small_models["inception"], input_tensor="DecodeJpeg/contents:0"))
+  assert fx.input_tensor == "Mul:0"
+
+
+def test_explicit_tensor_flags_override(small_models):
+  fx = model.load_feature_extractor(ModelOptions(
+      graph=small_models["inception"], input_tensor="Mul",
+      bottleneck_tensor="pool_3:0", input_mean=0.0, input_std=1.0))
+  assert fx.bottleneck_size == 2048 and fx.input_std == 1.0
+
+
+def test_model_tag_depends_on_model_and_scaling(small_models):
+  a = model.load_feature_extractor(ModelOptions(
+      graph=small_models["inception"]))
+  b = model.load_feature_extractor(ModelOptions(
+      graph=small_models["inception"], input_mean=127.5))
+  c = model.load_feature_extractor(ModelOptions(
+      tfhub_module=small_models["hub"]))
+  assert len({a.tag, b.tag, c.tag}) == 3
+  assert a.tag == model.load_feature_extractor(ModelOptions(
+      graph=small_models["inception"])).tag
+
+
+@pytest.mark.parametrize("name,size,depth", [
+    ("hub", (64, 64), 32), ("hub_nosig", (64, 64), 32), ("tf1", (48, 48), 16),
+])
+def test_tfhub_modules(small_models, name, size, depth):
+  fx = model.load_feature_extractor(ModelOptions(
+      tfhub_module=small_models[name]))
+  assert fx.kind == "tfhub"
+  assert fx.input_size == size and fx.bottleneck_size == depth
+  assert (fx.input_mean, fx.input_std) == (0.0, 255.0)
+  out = _features(fx, np.full((2, *size, 3), 128, np.float32))
+  assert out.shape == (2, depth) and np.all(np.isfinite(out))
+
+
+def test_tfhub_features_match_the_module(small_models):
+  import tensorflow_hub as hub
+  fx = model.load_feature_extractor(ModelOptions(
+      tfhub_module=small_models["hub"]))
+  images = np.random.default_rng(0).uniform(0, 255, (4, 64, 64, 3)).astype(
+      np.float32)
+  ours = _features(fx, images)
+  expected = hub.load(small_models["hub"])(images / 255.0).numpy()
+  np.testing.assert_allclose(ours, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_dynamic_size_module_needs_input_size(small_models):
+  with pytest.raises(UserError, match="--input_size"):
+    model.load_feature_extractor(ModelOptions(
+        tfhub_module=small_models["hub_dynamic"]))
+  fx = model.load_feature_extractor(ModelOptions(
+      tfhub_module=small_models["hub_dynamic"], input_size=(40, 56)))
+  assert fx.input_size == (40, 56) and fx.bottleneck_size == 32
+
+
+@pytest.mark.parametrize("options,message", [
+    (dict(graph="/nonexistent/g.pb"), "no such file"),
+    (dict(graph="NOT_A_GRAPH"), "not a TensorFlow GraphDef"),
+    (dict(graph="INCEPTION", input_tensor="nope:0"),
+     r"--input_tensor=nope:0 is not in .*candidates: .*Mul:0"),
+    (dict(graph="INCEPTION", bottleneck_tensor="pool_9:0"),
+     r"--bottleneck_tensor=pool_9:0 is not in .*candidates: .*pool_3"),
+    (dict(graph="INCEPTION", bottleneck_tensor="Mul:0"),
+     "not a vector after squeezing"),
+    (dict(graph="UNKNOWN"), "pass --input_tensor"),
+    (dict(tfhub_module="/nonexistent/module"), "no such folder"),
+    (dict(tfhub_module="EMPTY_DIR"), "not a SavedModel"),
+    (dict(tfhub_module="NOT_IMAGE"), "not an image feature vector module"),
+    (dict(tfhub_module="HUB", input_size=(32, 32)), "does not match"),
+    (dict(tfhub_module="http://localhost:9/no/module"),
+     "could not download it.*--tfhub_module=/path/to"),
+])
+def test_model_errors(small_models, tmp_path, options, message):
+  bad = tmp_path / "bad.pb"
+  bad.write_bytes(b"\x00\x01garbage" * 10)
+  unknown = tmp_path / "unknown.pb"
+  g = tf.Graph()
+  with g.as_default():
+    x = tf1.placeholder(tf.float32, [None, 8, 8, 3], name="x")
+    tf.reduce_mean(x, [1, 2], name="feat")
+  unknown.write_bytes(g.as_graph_def().SerializeToString())
+  (tmp_path / "empty").mkdir()
+  subst = {"NOT_A_GRAPH": str(bad), "INCEPTION": small_models["inception"],
+           "UNKNOWN": str(unknown), "EMPTY_DIR": str(tmp_path / "empty"),
+           "NOT_IMAGE": small_models["not_image"], "HUB": small_models["hub"]}
+  options = {k: subst.get(v, v) if isinstance(v, str) else v
+             for k, v in options.items()}
+  if "graph" in options:
+    options["tfhub_module"] = ""
+  with pytest.raises(UserError, match=message):
+    model.load_feature_extractor(ModelOptions(**options))
+
+
+def test_unknown_graph_works_with_flags(tmp_path):
+  g = tf.Graph()
+  with g.as_default():
+    x = tf1.placeholder(tf.float32, [None, 8, 8, 3], name="x")
+    tf.reduce_mean(x, [1, 2], name="feat")
+  path = tmp_path / "custom.pb"
+  path.write_bytes(g.as_graph_def().SerializeToString())
+  with pytest.raises(UserError, match="--input_mean"):
+    model.load_feature_extractor(ModelOptions(
+        graph=str(path), tfhub_module="", input_tensor="x",
+        bottleneck_tensor="feat"))
+  fx = model.load_feature_extractor(ModelOptions(
+      graph=str(path), tfhub_module="", input_tensor="x",
+      bottleneck_tensor="feat", input_mean=0, input_std=1))
+  assert fx.input_size == (8, 8) and fx.bottleneck_size == 3

@@ -1,0 +1,150 @@
+"""End to end on generated images with small models built by the tests."""
+
+import os
+
+import numpy as np
+import pytest
+
+from retrain import pipeline
+from retrain.config import HParams, ModelOptions
+from retrain.errors import UserError
+from tests import helpers
+
+FAST = HParams(how_many_training_steps=200, learning_rate=0.05,
+               eval_step_interval=50)
+
+
+def _options(small_models, kind):
+  if kind == "graph":
+    return ModelOptions(graph=small_models["inception"], tfhub_module="")
+  return ModelOptions(tfhub_module=small_models["hub"])
+
+
+@pytest.fixture(scope="module", params=["graph", "tfhub"])
+def trained(request, small_models, color_images, tmp_path_factory):
+  """One run per model kind: (kind, config, result, tmp)."""
+  tmp = tmp_path_factory.mktemp("run_" + request.param)
+  config = helpers.run_config(tmp, color_images, testing_percentage=25,
+                              validation_percentage=15,
+                              intermediate_store_frequency=100)
+  result = pipeline.run(config, FAST, _options(small_models, request.param))
+  return request.param, config, result, tmp
+
+
+def test_run_learns_and_writes_every_output(trained):
+  kind, config, result, tmp = trained
+  assert result.labels == ["blue", "green", "red"]
+  assert result.test_accuracy is not None and result.test_accuracy >= 0.9
+  assert len(result.test_paths) == result.set_sizes["testing"] > 0
+  assert result.bottlenecks_computed == 72 and result.bottlenecks_from_cache == 0
+  for path in (config.output_graph, config.output_labels,
+               os.path.join(config.saved_model_dir, "saved_model.pb"),
+               os.path.splitext(config.output_graph)[0] + ".json"):
+    assert os.path.isfile(path), path
+  with open(config.output_labels) as f:
+    assert f.read() == "blue\ngreen\nred\n"
+  assert sorted(os.listdir(config.intermediate_output_graphs_dir)) == [
+      "intermediate_100.json", "intermediate_100.pb",
+      "intermediate_200.json", "intermediate_200.pb"]
+  assert os.path.isfile(config.checkpoint_path + ".index")
+  runs = os.listdir(config.summaries_dir)
+  assert len(runs) == 1 and sorted(os.listdir(
+      os.path.join(config.summaries_dir, runs[0]))) == ["train", "validation"]
+  # One sidecar per image, in folders mirroring the classes, no temp files.
+  cached = helpers.files_under(config.bottleneck_dir)
+  assert len(cached) == 72
+  assert all(p.split(os.sep)[0] in ("red", "green", "blue") and
+             p.endswith(".bn") for p in cached)
+
+
+def test_frozen_graph_matches_trained_session_in_fresh_process(trained):
+  kind, config, result, tmp = trained
+  probs = helpers.export_probabilities("graph", config.output_graph,
+                                       result.test_paths, tmp)
+  np.testing.assert_allclose(probs["bytes"], result.test_probabilities,
+                             atol=1e-5)
+  np.testing.assert_allclose(probs["float"], result.test_probabilities,
+                             atol=1e-5)
+
+
+def test_saved_model_matches_trained_session_in_fresh_process(trained):
+  kind, config, result, tmp = trained
+  probs = helpers.export_probabilities("saved_model", config.saved_model_dir,
+                                       result.test_paths, tmp)
+  np.testing.assert_allclose(probs["bytes"], result.test_probabilities,
+                             atol=1e-5)
+  expected = [result.labels[i] for i in result.test_probabilities.argmax(1)]
+  assert list(probs["label"]) == expected
+
+
+def test_second_run_reads_the_cache_and_gives_the_same_numbers(
+    trained, small_models):
+  kind, config, result, tmp = trained
+  before = {p: os.path.getmtime(os.path.join(config.bottleneck_dir, p))
+            for p in helpers.files_under(config.bottleneck_dir)}
+  again = pipeline.run(config._replace(saved_model_dir="",
+                                       intermediate_store_frequency=0),
+                       FAST, _options(small_models, kind))
+  assert again.bottlenecks_computed == 0
+  assert again.bottlenecks_from_cache == 72
+  after = {p: os.path.getmtime(os.path.join(config.bottleneck_dir, p))
+           for p in helpers.files_under(config.bottleneck_dir)}
+  assert before == after
+  assert again.history == result.history
+  np.testing.assert_array_equal(again.test_probabilities,
+                                result.test_probabilities)
+
+
+def test_label_image_cli_reads_the_json(trained):
+  kind, config, result, tmp = trained
+  image = result.test_paths[0]
+  proc = helpers.run_cli([f"--graph={config.output_graph}",
+                          f"--image={image}", "--top_k=2"],
+                         module="retrain.label_image")
+  assert proc.returncode == 0, proc.stderr
+  lines = proc.stdout.strip().splitlines()
+  assert len(lines) == 2
+  label, prob = lines[0].rsplit(" ", 1)
+  top = int(result.test_probabilities[0].argmax())
+  assert label == result.labels[top]
+  assert abs(float(prob) - result.test_probabilities[0, top]) < 1e-4
+
+
+def test_summaries_dir_keeps_what_was_there(small_models, color_images,
+                                            tmp_path):
+  config = helpers.run_config(tmp_path, color_images, saved_model_dir="")
+  os.makedirs(config.summaries_dir)
+  keep = os.path.join(config.summaries_dir, "mine.txt")
+  with open(keep, "w") as f:
+    f.write("precious")
+  pipeline.run(config, FAST._replace(how_many_training_steps=10),
+               _options(small_models, "graph"))
+  with open(keep) as f:
+    assert f.read() == "precious"
+  assert len(os.listdir(config.summaries_dir)) == 2
+
+
+def test_bad_config_writes_nothing(small_models, color_images, tmp_path):
+  config = helpers.run_config(tmp_path, color_images)
+  with pytest.raises(UserError, match="--testing_percentage plus"):
+    pipeline.run(config._replace(testing_percentage=60,
+                                 validation_percentage=40),
+                 FAST, _options(small_models, "graph"))
+  with pytest.raises(UserError, match="--bottleneck_tensor=nope:0"):
+    pipeline.run(config, FAST, ModelOptions(
+        graph=small_models["inception"], tfhub_module="",
+        bottleneck_tensor="nope"))
+  assert os.listdir(tmp_path) == []
+
+
+def test_saved_model_dir_with_other_content_is_refused(small_models,
+                                                       color_images,
+                                                       tmp_path):
+  target = tmp_path / "mine"
+  target.mkdir()
+  (target / "thesis.tex").write_text("do not delete")
+  config = helpers.run_config(tmp_path, color_images,
+                              saved_model_dir=str(target))
+  with pytest.raises(UserError, match="holds something other"):
+    pipeline.run(config, FAST, _options(small_models, "graph"))
+  assert (target / "thesis.tex").read_text() == "do not delete"

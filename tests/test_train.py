@@ -1,0 +1,75 @@
+"""Batch sampling, the softmax layer and the SGD loop."""
+
+import numpy as np
+import tensorflow as tf
+
+from retrain import train
+from retrain.config import HParams
+
+
+def test_balanced_sampler_picks_classes_uniformly():
+  labels = np.array([0] * 900 + [1] * 90 + [2] * 10)
+  sampler = train.BalancedSampler(labels, 4, np.random.default_rng(0))
+  idx = sampler.sample(30000)
+  counts = np.bincount(labels[idx], minlength=4)
+  assert counts[3] == 0  # Class 3 has no images: never sampled.
+  assert np.all(np.abs(counts[:3] / 30000 - 1 / 3) < 0.02)
+  # Within a class, images are uniform: all 10 of class 2 appear.
+  assert set(idx[labels[idx] == 2]) == set(range(990, 1000))
+
+
+def test_sample_subset():
+  rng = np.random.default_rng(0)
+  np.testing.assert_array_equal(train.sample_subset(5, -1, rng), range(5))
+  np.testing.assert_array_equal(train.sample_subset(5, 9, rng), range(5))
+  sub = train.sample_subset(100, 10, rng)
+  assert len(set(sub)) == 10 and sub.max() < 100
+
+
+def _blobs(n, dim=8, classes=3, seed=0):
+  rng = np.random.default_rng(seed)
+  centers = rng.normal(0, 3, size=(classes, dim))
+  y = rng.integers(classes, size=n)
+  x = (centers[y] + rng.normal(size=(n, dim))).astype(np.float32)
+  return train.LabeledBottlenecks(x, y.astype(np.int64), [str(i) for i in
+                                                           range(n)])
+
+
+def _fit(hparams, train_set, val_set):
+  tg = train.build_training_graph(train_set.x.shape[1], 3, hparams)
+  with tf.compat.v1.Session(graph=tg.graph) as sess:
+    history = train.train(tg, sess, train_set, val_set, 3, hparams,
+                          log=lambda s: None)
+    return history, train.predict(tg, sess, val_set.x), train.final_layer(
+        tg, sess)
+
+
+def test_training_learns_separable_classes():
+  hp = HParams(how_many_training_steps=300, learning_rate=0.1,
+               eval_step_interval=50)
+  history, probs, (w, b) = _fit(hp, _blobs(600), _blobs(200, seed=0))
+  assert [h.step for h in history] == [50, 100, 150, 200, 250, 300]
+  assert history[-1].validation_accuracy > 0.95
+  assert history[-1].cross_entropy < history[0].cross_entropy
+  assert probs.shape == (200, 3)
+  np.testing.assert_allclose(probs.sum(1), 1, rtol=1e-5)
+  assert w.shape == (8, 3) and b.shape == (3,)
+
+
+def test_same_seed_same_numbers_other_seed_differs():
+  hp = HParams(how_many_training_steps=50, eval_step_interval=10,
+               random_seed=7)
+  a = _fit(hp, _blobs(300), _blobs(60, seed=1))
+  b = _fit(hp, _blobs(300), _blobs(60, seed=1))
+  c = _fit(hp._replace(random_seed=8), _blobs(300), _blobs(60, seed=1))
+  assert a[0] == b[0]
+  np.testing.assert_array_equal(a[1], b[1])
+  assert not np.array_equal(a[1], c[1])
+
+
+def test_empty_validation_set_is_reported_not_fatal():
+  empty = train.LabeledBottlenecks(np.zeros((0, 8), np.float32),
+                                   np.zeros(0, np.int64), [])
+  hp = HParams(how_many_training_steps=20, eval_step_interval=10)
+  history, _, _ = _fit(hp, _blobs(100), empty)
+  assert [h.validation_accuracy for h in history] == [None, None]

@@ -67,3 +67,19 @@ def test_ci_runs_the_readme_test_command():
   with open(os.path.join(REPO, ".ci", "run"), encoding="utf-8") as f:
     ci = f.read()
   assert match.group(1).strip() in ci
+
+
+def test_shared_tests_fail_without_shared_under_ci(tmp_path):
+  """With CI=true a missing ../shared is a failure, elsewhere a skip."""
+  import subprocess
+  import sys
+  base = dict(os.environ, RETRAIN_SHARED_DIR=str(tmp_path / "missing"))
+  cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+         os.path.join(REPO, "tests", "test_shared_models.py"), "-k",
+         "75_percent"]
+  ci = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True,
+                      env=dict(base, CI="true"))
+  assert ci.returncode == 1 and "is missing" in ci.stdout, ci.stdout[-2000:]
+  local = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True,
+                         env=dict(base, CI="false"))
+  assert local.returncode == 0 and "skipped" in local.stdout, local.stdout

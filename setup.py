@@ -25,7 +25,7 @@ setup(
         "numpy",
         "absl-py",
     ],
-    extras_require={"test": ["pytest"]},
+    extras_require={"test": ["pytest", "pillow"]},
     entry_points={
         "console_scripts": [
             "retrain=retrain.__main__:run",

@@ -7,12 +7,12 @@ read with numpy alone.
 """
 
 from cache.atomic import atomic_write_bytes, atomic_write_text
-from cache.format import CacheFormatError, decode, encode, read_vector
+from cache.format import CacheFormatError, decode, encode, read_vector, verify
 from cache.naming import bottleneck_path, model_tag
 from cache.store import BottleneckCache, FillResult, ImageRef, SourceFingerprint
 
 __all__ = [
     "atomic_write_bytes", "atomic_write_text", "CacheFormatError", "decode",
-    "encode", "read_vector", "bottleneck_path", "model_tag", "BottleneckCache",
+    "encode", "read_vector", "verify", "bottleneck_path", "model_tag", "BottleneckCache",
     "FillResult", "ImageRef", "SourceFingerprint",
 ]

@@ -81,6 +81,23 @@ def decode(data: bytes, model_tag: str,
   return np.frombuffer(payload, dtype="<f4").astype(np.float32)
 
 
+def verify(data: bytes) -> int:
+  """Checks a file is complete and intact (any model); returns its length D.
+
+  Raises:
+    CacheFormatError: not a complete, intact bottleneck file.
+  """
+  if len(data) < HEADER_SIZE:
+    raise CacheFormatError("truncated header")
+  magic, version, _, length, _, _, _, crc = _HEADER.unpack_from(data)
+  if magic != MAGIC or version != VERSION:
+    raise CacheFormatError("not a bottleneck file of this version")
+  payload = data[HEADER_SIZE:]
+  if len(payload) != 4 * length or zlib.crc32(payload) != crc:
+    raise CacheFormatError("truncated or corrupt data")
+  return length
+
+
 def read_vector(path: str) -> np.ndarray:
   """Reads a sidecar file's vector without checking model or image (for tools)."""
   with open(path, "rb") as f:

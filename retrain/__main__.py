@@ -24,7 +24,7 @@ def main(argv) -> int:
   return cli.run_main(job, "retrain")
 
 
-run = cli.absl_entry(main)
+run = cli.absl_entry(main, "retrain")
 
 if __name__ == "__main__":
   run()

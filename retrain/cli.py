@@ -5,7 +5,7 @@ import sys
 import tempfile
 from typing import Callable
 
-from absl import app, logging
+from absl import app, flags, logging
 
 from retrain.errors import UserError
 
@@ -51,11 +51,23 @@ def run_main(main: Callable[[], int], program: str) -> int:
     return 130
 
 
-def absl_entry(main: Callable[[list], int]) -> Callable[[], None]:
-  """A console-script entry point running `main` under absl."""
+def absl_entry(main: Callable[[list], int],
+               program: str) -> Callable[[], None]:
+  """A console-script entry point running `main` under absl.
+
+  A bad flag (unknown name, wrong type or value) is one line on stderr and
+  exit status 2, like every other input error.
+  """
+  def parse(argv):
+    try:
+      return flags.FLAGS(argv)
+    except flags.Error as e:
+      sys.stderr.write(f"{program}: error: {e} (see --helpfull)\n")
+      sys.exit(2)
+
   def entry() -> None:
     quiet_tensorflow()
-    app.run(main)
+    app.run(main, flags_parser=parse)
   return entry
 
 

@@ -36,6 +36,7 @@ class ModelOptions(NamedTuple):
   input_size: Optional[Tuple[int, int]] = None
   input_mean: Optional[float] = None
   input_std: Optional[float] = None
+  allow_unsafe_graph_ops: bool = False
 
 
 class RunConfig(NamedTuple):

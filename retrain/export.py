@@ -83,7 +83,11 @@ def io_description(fx: FeatureExtractor,
                  "description": "softmax probabilities in labels file order"},
       "input_size": [h, w],
       "resize": {"method": preprocess.RESIZE_METHOD,
-                 "antialias": preprocess.RESIZE_ANTIALIAS},
+                 "antialias": preprocess.RESIZE_ANTIALIAS,
+                 "jpeg_dct_scaling": ("JPEGs at least twice the input size "
+                                      "are decoded at 1/2, 1/4 or 1/8 scale "
+                                      "(largest keeping 2x the input size) "
+                                      "before resizing")},
       "input_scaling": {"mean": fx.input_mean, "std": fx.input_std},
   }
 

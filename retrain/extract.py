@@ -3,15 +3,26 @@
 import collections
 import concurrent.futures
 import os
+import re
 from typing import Iterator, Optional, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
 
-from retrain import preprocess
+from retrain import imageinfo, preprocess
 from retrain.model import FeatureExtractor, build_bottleneck
 
 tf1 = tf.compat.v1
+
+
+def op_error_reason(error: tf.errors.OpError) -> str:
+  """The line of a TensorFlow op error that says what went wrong."""
+  noise = ("[[", "Node:", "File ", "Detected at", "Graph execution error",
+           "Traceback")
+  lines = [re.sub(r"\{\{[^}]*\}\}|\s*\[Op:\w+\]", "", line).strip()
+           for line in (error.message or str(error)).splitlines()]
+  lines = [line for line in lines if line and not line.startswith(noise)]
+  return lines[-1] if lines else type(error).__name__
 
 
 class BottleneckExtractor:
@@ -57,13 +68,13 @@ class BottleneckExtractor:
         data = f.read()
     except OSError as e:
       return None, f"cannot read it ({e.strerror})"
-    if not data:
-      return None, "empty file"
+    refusal = imageinfo.check_decodable(data, *self.fx.input_size)
+    if refusal:
+      return None, refusal
     try:
       return self.session.run(self._decoded, {self._contents: data}), None
     except tf.errors.OpError as e:
-      reason = e.message.strip().splitlines()[0] if e.message else str(e)
-      return None, f"cannot decode it ({reason})"
+      return None, f"cannot decode it ({op_error_reason(e)})"
 
   def bottlenecks(self, images: np.ndarray) -> np.ndarray:
     """float32 [n, H, W, 3] images in [0, 255] -> float32 [n, D]."""

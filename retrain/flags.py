@@ -43,6 +43,10 @@ flags.DEFINE_float("input_mean", None, "The model takes (pixel - input_mean)"
                    "graphs; 0 for TF-Hub modules).")
 flags.DEFINE_float("input_std", None, "See --input_mean (default: recognised "
                    "graphs; 255 for TF-Hub modules).")
+flags.DEFINE_bool("allow_unsafe_graph_ops", _M.allow_unsafe_graph_ops,
+                  "Import a model even if its graph has ops that read or "
+                  "write files or run code (see retrain/safety.py). Only for "
+                  "models you trust.")
 
 # Bottleneck cache.
 flags.DEFINE_string("bottleneck_dir", _R.bottleneck_dir,
@@ -130,7 +134,8 @@ def to_config(f=FLAGS) -> Tuple[RunConfig, HParams, ModelOptions]:
       graph=f.graph, tfhub_module="" if graph_given else f.tfhub_module,
       input_tensor=f.input_tensor, bottleneck_tensor=f.bottleneck_tensor,
       input_size=parse_input_size(f.input_size), input_mean=f.input_mean,
-      input_std=f.input_std)
+      input_std=f.input_std,
+      allow_unsafe_graph_ops=f.allow_unsafe_graph_ops)
   hparams = HParams(
       how_many_training_steps=f.how_many_training_steps,
       learning_rate=f.learning_rate, train_batch_size=f.train_batch_size,

@@ -186,7 +186,7 @@ def list_images(image_dir: str, testing_percentage: float,
           f"{image_dir} both give the label {label!r}; rename one of them")
     seen_labels[label] = dir_name
     if len(relpaths) < MIN_IMAGES_PER_CLASS:
-      warnings.append(f"class {label!r} has only {len(relpaths)} images; "
+      warnings.append(f"class {label!r} has only {len(relpaths)} image(s); "
                       f"{MIN_IMAGES_PER_CLASS} or more give better results")
     sets = split_images(relpaths, testing_percentage, validation_percentage)
     if not sets[TRAINING]:

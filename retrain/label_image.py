@@ -79,8 +79,8 @@ class ExportedClassifier:
       except OSError as e:
         skipped.append((path, f"cannot read it ({e.strerror})"))
       except self._tf.errors.OpError as e:
-        skipped.append((path, "cannot decode it (" +
-                        (e.message.strip().splitlines() or ["?"])[0] + ")"))
+        from retrain.extract import op_error_reason  # pylint: disable=g-import-not-at-top
+        skipped.append((path, f"cannot decode it ({op_error_reason(e)})"))
     probs = np.array(rows, np.float32).reshape(len(rows), len(self.labels))
     return done, probs, skipped
 
@@ -145,7 +145,7 @@ def main(argv) -> int:
 
 def run() -> None:
   _define_flags()
-  cli.absl_entry(main)()
+  cli.absl_entry(main, "label_image")()
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ import tensorflow as tf
 from google.protobuf import message as pb_message
 
 from cache.naming import model_tag
-from retrain import preprocess
+from retrain import preprocess, safety
 from retrain.config import ModelOptions
 from retrain.errors import UserError
 
@@ -28,7 +28,7 @@ tf1 = tf.compat.v1
 # are decoded or resized invalidates cached bottlenecks.
 PREPROCESSING_VERSION = (
     f"decode_image/rgb/{preprocess.RESIZE_METHOD}/"
-    f"antialias={preprocess.RESIZE_ANTIALIAS}/v1")
+    f"antialias={preprocess.RESIZE_ANTIALIAS}/jpeg_dct_scaling/v2")
 
 # Frozen graphs recognised by their node names, so that no tensor flag is
 # needed. `input_size` None: read it from the input placeholder's shape.
@@ -208,6 +208,7 @@ def _batch_safe_bottleneck(graph_def: tf1.GraphDef, tensor: str) -> str:
 def _load_graph(options: ModelOptions) -> FeatureExtractor:
   path = options.graph
   graph_def = _read_graph_def(path)
+  _check_safe(graph_def, f"--graph={path}", options.allow_unsafe_graph_ops)
   node_names = {n.name for n in graph_def.node}
   known = _known_graph(node_names)
   input_tensor = options.input_tensor
@@ -264,6 +265,15 @@ def _digest(files: Sequence[str], *params) -> str:
   h.update(json.dumps([PREPROCESSING_VERSION] + [str(p) for p in params]
                       ).encode())
   return h.hexdigest()
+
+
+def _check_safe(graph_def: tf1.GraphDef, what: str, allow: bool) -> None:
+  unsafe = safety.find_unsafe_ops(graph_def)
+  if unsafe and not allow:
+    raise UserError(
+        f"{what} contains ops that can read or write files or run code "
+        f"({', '.join(unsafe)}); refusing to import it. Pass "
+        "--allow_unsafe_graph_ops only if you trust where it came from")
 
 
 def _with_bottleneck_size(fx: FeatureExtractor, what: str) -> FeatureExtractor:
@@ -429,6 +439,8 @@ def _load_tfhub(options: ModelOptions) -> FeatureExtractor:
                       f"{fn.structured_outputs}, not [batch, features]")
   frozen = convert_to_constants.convert_variables_to_constants_v2(fn)
   graph_def = frozen.graph.as_graph_def()
+  _check_safe(graph_def, f"--tfhub_module={handle}",
+              options.allow_unsafe_graph_ops)
   inputs = [t for t in frozen.inputs if t.dtype == tf.float32]
   input_tensor = inputs[0].name
   bottleneck = frozen.outputs[out_index].name

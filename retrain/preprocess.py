@@ -8,18 +8,37 @@ from typing import Tuple
 
 import tensorflow as tf
 
+from retrain import imageinfo
+
 # Described in the exported JSON, so clients can reproduce it.
 RESIZE_METHOD = "bilinear"
 RESIZE_ANTIALIAS = True
 
 
-def decode_image(contents: tf.Tensor) -> tf.Tensor:
-  """Encoded JPEG/PNG/GIF/BMP bytes (scalar string) -> uint8 [h, w, 3] RGB.
+def decode_image(contents: tf.Tensor, size: Tuple[int, int]) -> tf.Tensor:
+  """Encoded image bytes (scalar string) -> uint8 [h, w, 3] RGB.
 
-  The format is detected from the bytes, not the file name. Grayscale and
-  alpha channels are converted to RGB; an animated GIF gives its first frame.
+  JPEG, PNG, GIF, BMP and WebP; the format is detected from the bytes, not
+  the file name. Grayscale, palette, 16-bit, CMYK and alpha images become
+  8-bit RGB; an animated GIF gives its first frame. A JPEG much larger than
+  `size` (the model's input) is decoded at 1/2, 1/4 or 1/8 scale by libjpeg,
+  by imageinfo.jpeg_scale_ratio's rule, which saves time and memory.
   """
-  return tf.io.decode_image(contents, channels=3, expand_animations=False)
+  def full():
+    return tf.io.decode_image(contents, channels=3, expand_animations=False)
+
+  def jpeg():
+    shape = tf.image.extract_jpeg_shape(contents)
+    h, w = shape[0], shape[1]
+    branches = [
+        (tf.logical_and(h // r >= 2 * size[0], w // r >= 2 * size[1]),
+         lambda r=r: tf.io.decode_jpeg(contents, channels=3, ratio=r))
+        for r in imageinfo.JPEG_RATIOS]
+    return tf.case(branches, default=full, exclusive=False)
+
+  image = tf.cond(tf.io.is_jpeg(contents), jpeg, full)
+  image.set_shape([None, None, 3])
+  return image
 
 
 def resize_image(image: tf.Tensor, size: Tuple[int, int]) -> tf.Tensor:
@@ -31,7 +50,7 @@ def resize_image(image: tf.Tensor, size: Tuple[int, int]) -> tf.Tensor:
 
 def decode_and_resize(contents: tf.Tensor, size: Tuple[int, int]) -> tf.Tensor:
   """Encoded image bytes (scalar string) -> float32 [H, W, 3] in [0, 255]."""
-  image = resize_image(decode_image(contents), size)
+  image = resize_image(decode_image(contents, size), size)
   image.set_shape([size[0], size[1], 3])
   return image
 

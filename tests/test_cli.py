@@ -58,6 +58,20 @@ BAD = [
     (["--tfhub_module=FOLDER"], "not a SavedModel"),
     (["--graph=INCEPTION", "--input_size=abc"], "--input_size=abc"),
     (["--graph=INCEPTION", "stray"], "unexpected argument"),
+    (["--image_dir=EMPTY"], "found none"),
+    (["--test_batch_size=0"], "--test_batch_size=0"),
+    (["--bottleneck_batch_size=0"], "--bottleneck_batch_size=0"),
+    (["--intermediate_store_frequency=-1"], "must be 0"),
+    (["--final_tensor_name=bad name!"], "not a valid TensorFlow op name"),
+    (["--output_labels=AFILE/labels.txt"], "is a file"),
+    (["--graph=INCEPTION", "--bottleneck_tensor=Mul:0"],
+     "not a vector after squeezing"),
+    (["--graph=UNSAFE"], r"\(ReadFile\); refusing"),
+    (["--graph=INCEPTION", "--logging_verbosity=LOUD"],
+     "--logging_verbosity=LOUD: value should be one of"),
+    (["--graph=INCEPTION", "--no_such_flag=1"], "Unknown command line flag"),
+    (["--graph=INCEPTION", "--how_many_training_steps=many"],
+     "--how_many_training_steps"),
     ([], "could not download it"),  # The default TF-Hub URL, offline.
 ]
 
@@ -78,7 +92,14 @@ def test_bad_invocation_is_one_line_and_writes_nothing(
   folder.mkdir()
   bad = tmp_path / "input" / "bad.pb"
   bad.write_bytes(b"not a graph at all" * 5)
+  empty = tmp_path / "input" / "empty"
+  empty.mkdir()
+  afile = tmp_path / "input" / "afile"
+  afile.write_text("x")
+  from tests.test_bad_input import _graph_with_read_file
+  unsafe = _graph_with_read_file(tmp_path / "input" / "unsafe.pb")
   subst = {"MISSING": str(tmp_path / "nope"), "ONE_CLASS": str(one.parent),
+           "EMPTY": str(empty), "AFILE": str(afile), "UNSAFE": unsafe,
            "FOLDER": str(folder), "NOT_A_GRAPH": str(bad),
            "INCEPTION": small_models["inception"], "HUB": small_models["hub"],
            "NOT_IMAGE": small_models["not_image"]}

@@ -121,7 +121,7 @@ def test_small_class_warns_and_keeps_a_training_image(tmp_path):
   lists = images.list_images(str(root), 10, 10)
   tiny = lists.classes[1]
   assert tiny.training == ("e.jpg",)
-  assert any("only 1 images" in w for w in lists.warnings)
+  assert any("only 1 image(s)" in w for w in lists.warnings)
   assert any("no training image" in w for w in lists.warnings)
 
 

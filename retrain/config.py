@@ -47,6 +47,8 @@ class RunConfig(NamedTuple):
   output_labels: str = "/tmp/output_labels.txt"
   summaries_dir: str = "/tmp/retrain_logs"
   saved_model_dir: str = ""
+  tflite_output: str = ""
+  tflite_quantize: str = "none"  # "none", "dynamic" or "int8".
   checkpoint_path: str = "/tmp/_retrain_checkpoint"
   intermediate_output_graphs_dir: str = "/tmp/intermediate_graph/"
   intermediate_store_frequency: int = 0

@@ -15,7 +15,7 @@ import json
 import os
 import shutil
 import tempfile
-from typing import Dict, Sequence
+from typing import Dict, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -29,6 +29,20 @@ tf1 = tf.compat.v1
 IMAGE_INPUT = "image"
 BYTES_INPUT = "image_bytes"
 METADATA_FORMAT = "retrain-export/1"
+SAVED_MODEL_LABELS = "labels.txt"
+SAVED_MODEL_METADATA = "retrain.json"
+
+
+def _add_classifier(fx: FeatureExtractor, image: tf.Tensor,
+                    weights: np.ndarray, biases: np.ndarray,
+                    final_tensor_name: str) -> tf.Tensor:
+  """image [batch, H, W, 3] in [0, 255] -> softmax [batch, classes]."""
+  bottleneck = build_bottleneck(fx, image)
+  logits = tf.nn.bias_add(
+      tf.matmul(bottleneck, tf.constant(weights, tf.float32,
+                                        name="final_weights")),
+      tf.constant(biases, tf.float32, name="final_biases"))
+  return tf.nn.softmax(logits, name=final_tensor_name)
 
 
 def build_inference_graph_def(fx: FeatureExtractor, weights: np.ndarray,
@@ -36,6 +50,9 @@ def build_inference_graph_def(fx: FeatureExtractor, weights: np.ndarray,
                               final_tensor_name: str = "final_result"
                               ) -> tf1.GraphDef:
   """The pretrained CNN and the retrained layer as one frozen GraphDef.
+
+  Optimized for inference: nodes the output does not need are stripped and
+  constant subgraphs folded.
 
   Args:
     fx: the pretrained model.
@@ -49,14 +66,119 @@ def build_inference_graph_def(fx: FeatureExtractor, weights: np.ndarray,
     image = tf1.placeholder_with_default(
         decoded, [None, fx.input_size[0], fx.input_size[1], 3],
         name=IMAGE_INPUT)
-    bottleneck = build_bottleneck(fx, image)
-    logits = tf.nn.bias_add(
-        tf.matmul(bottleneck, tf.constant(weights, tf.float32,
-                                          name="final_weights")),
-        tf.constant(biases, tf.float32, name="final_biases"))
-    tf.nn.softmax(logits, name=final_tensor_name)
-  return tf1.graph_util.extract_sub_graph(graph.as_graph_def(),
-                                          [final_tensor_name])
+    _add_classifier(fx, image, weights, biases, final_tensor_name)
+  return optimize_for_inference(graph, [final_tensor_name])
+
+
+def optimize_for_inference(graph: tf.Graph,
+                           outputs: Sequence[str]) -> tf1.GraphDef:
+  """Strips what `outputs` do not need and folds constants (Grappler).
+
+  Only portable rewrites are used (constant folding, arithmetic
+  simplification, dependency pruning), so the result runs on any TensorFlow
+  build and converts to TFLite.
+  """
+  # pylint: disable=g-import-not-at-top
+  from tensorflow.core.protobuf import config_pb2, rewriter_config_pb2
+  from tensorflow.python.grappler import tf_optimizer
+  stripped = tf1.graph_util.extract_sub_graph(graph.as_graph_def(),
+                                              list(outputs))
+  try:
+    pruned = tf.Graph()
+    with pruned.as_default():
+      tf1.import_graph_def(stripped, name="")
+      for name in outputs:
+        tf1.add_to_collection("train_op", pruned.get_operation_by_name(name))
+      meta_graph = tf1.train.export_meta_graph(graph=pruned)
+    config = config_pb2.ConfigProto()
+    rewrite = config.graph_options.rewrite_options
+    rewrite.optimizers.extend(["constfold", "arithmetic", "dependency"])
+    rewrite.meta_optimizer_iterations = rewriter_config_pb2.RewriterConfig.ONE
+    return tf_optimizer.OptimizeGraph(config, meta_graph)
+  except Exception as e:  # pylint: disable=broad-except
+    from absl import logging  # pylint: disable=g-import-not-at-top
+    logging.warning("graph optimization skipped (%s); exporting the graph "
+                    "unoptimized", e)
+    return stripped
+
+
+def build_float_graph(fx: FeatureExtractor, weights: np.ndarray,
+                      biases: np.ndarray,
+                      final_tensor_name: str = "final_result") -> tf.Graph:
+  """The classifier with only the float input, [1, H, W, 3] (for TFLite)."""
+  graph = tf.Graph()
+  with graph.as_default():
+    image = tf1.placeholder(tf.float32, [1, *fx.input_size, 3],
+                            name=IMAGE_INPUT)
+    _add_classifier(fx, image, weights, biases, final_tensor_name)
+  return graph
+
+
+TFLITE_QUANTIZATIONS = ("none", "dynamic", "int8")
+
+
+def tflite_model(fx: FeatureExtractor, weights: np.ndarray,
+                 biases: np.ndarray, quantize: str = "none",
+                 representative: Optional[np.ndarray] = None,
+                 final_tensor_name: str = "final_result") -> bytes:
+  """A TFLite flatbuffer of the classifier.
+
+  Input float32 [1, H, W, 3], RGB in [0, 255]; output float32 [1, classes].
+
+  Args:
+    quantize: "none" (float32), "dynamic" (8-bit weights, float compute) or
+      "int8" (full-integer ops calibrated on `representative`; the input and
+      output stay float32 so clients feed the same pixels).
+    representative: float32 [n, H, W, 3] training images, for "int8".
+  """
+  graph = build_float_graph(fx, weights, biases, final_tensor_name)
+  with tf1.Session(graph=graph) as sess:
+    converter = tf1.lite.TFLiteConverter.from_session(
+        sess, [graph.get_tensor_by_name(IMAGE_INPUT + ":0")],
+        [graph.get_tensor_by_name(final_tensor_name + ":0")])
+    if quantize in ("dynamic", "int8"):
+      converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if quantize == "int8":
+      if representative is None or not len(representative):
+        raise ValueError("int8 quantization needs representative images")
+
+      def samples():
+        for image in representative:
+          yield [image[None].astype(np.float32)]
+      converter.representative_dataset = samples
+      converter.target_spec.supported_ops = [
+          tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    return converter.convert()
+
+
+def write_tflite(path: str, flatbuffer: bytes, labels: Sequence[str],
+                 metadata: Dict[str, object]) -> None:
+  """The .tflite file, its labels (<stem>.labels.txt) and JSON (<stem>.json)."""
+  stem = os.path.splitext(path)[0]
+  labels_path = stem + ".labels.txt"
+  atomic_write_bytes(path, flatbuffer, fsync=True)
+  write_labels(labels_path, labels)
+  atomic_write_text(
+      stem + ".json",
+      json.dumps(dict(metadata, format=METADATA_FORMAT, export="tflite",
+                      tflite=os.path.basename(path),
+                      labels=os.path.abspath(labels_path)),
+                 indent=2, sort_keys=True) + "\n", fsync=True)
+
+
+def tflite_io_description(fx: FeatureExtractor, quantize: str,
+                          final_tensor_name: str) -> Dict[str, object]:
+  h, w = fx.input_size
+  return {
+      "inputs": {"image": {
+          "name": IMAGE_INPUT, "dtype": "float32", "shape": [1, h, w, 3],
+          "description": (f"RGB pixel values in [0, 255], resized to {h}x{w}"
+                          "; the model's scaling happens inside")}},
+      "output": {"name": final_tensor_name, "dtype": "float32",
+                 "shape": [1, "classes"],
+                 "description": "softmax probabilities in labels file order"},
+      "quantization": quantize,
+  }
 
 
 def io_description(fx: FeatureExtractor,
@@ -101,7 +223,7 @@ def write_frozen_graph(path: str, graph_def: tf1.GraphDef,
                        metadata: Dict[str, object]) -> None:
   """Writes the graph and, beside it, its JSON metadata."""
   atomic_write_bytes(path, graph_def.SerializeToString(), fsync=True)
-  meta = dict(metadata, format=METADATA_FORMAT,
+  meta = dict(metadata, format=METADATA_FORMAT, export="frozen_graph",
               graph=os.path.basename(path))
   atomic_write_text(metadata_path(path),
                     json.dumps(meta, indent=2, sort_keys=True) + "\n",
@@ -116,7 +238,8 @@ def write_labels(path: str, labels: Sequence[str]) -> None:
 
 def write_saved_model(export_dir: str, graph_def: tf1.GraphDef,
                       labels: Sequence[str],
-                      final_tensor_name: str = "final_result") -> None:
+                      final_tensor_name: str = "final_result",
+                      metadata: Optional[Dict[str, object]] = None) -> None:
   """A SavedModel for TF Serving, replacing `export_dir` only once complete.
 
   Signatures (tag "serve"):
@@ -124,6 +247,7 @@ def write_saved_model(export_dir: str, graph_def: tf1.GraphDef,
       probabilities (float32 [batch, classes]), label (string [batch]),
       class_index (int64 [batch]).
     serving_images: image (float32 [batch, H, W, 3] in [0, 255]) -> the same.
+  Beside saved_model.pb: labels.txt and retrain.json (its description).
   """
   export_dir = os.path.abspath(export_dir.rstrip("/") or "/")
   parent = os.path.dirname(export_dir)
@@ -154,6 +278,23 @@ def write_saved_model(export_dir: str, graph_def: tf1.GraphDef,
             sess, [tf1.saved_model.SERVING], signature_def_map=signatures,
             strip_default_attrs=True)
         builder.save()
+    write_labels(os.path.join(target, SAVED_MODEL_LABELS), labels)
+    atomic_write_text(
+        os.path.join(target, SAVED_MODEL_METADATA),
+        json.dumps(dict(metadata or {}, format=METADATA_FORMAT,
+                        export="saved_model",
+                        labels=SAVED_MODEL_LABELS,
+                        signatures={
+                            "serving_default": {
+                                "inputs": {"image_bytes": "string [batch]"},
+                                "outputs": ["probabilities", "label",
+                                            "class_index"]},
+                            "serving_images": {
+                                "inputs": {"image": "float32 [batch, H, W, "
+                                                    "3], [0, 255]"},
+                                "outputs": ["probabilities", "label",
+                                            "class_index"]}}),
+                   indent=2, sort_keys=True) + "\n")
     _replace_dir(target, export_dir)
   finally:
     shutil.rmtree(staging, ignore_errors=True)

@@ -25,8 +25,48 @@ def op_error_reason(error: tf.errors.OpError) -> str:
   return lines[-1] if lines else type(error).__name__
 
 
+class ImageDecoder:
+  """Decodes image files to model-sized float arrays, as training does.
+
+  The ops are preprocess.decode_and_resize, the same that every exported
+  graph contains. Thread-safe: decode from several threads at once.
+  """
+
+  def __init__(self, size: Tuple[int, int]):
+    self.size = tuple(size)
+    self.graph = tf.Graph()
+    with self.graph.as_default():
+      self._contents = tf1.placeholder(tf.string, [], name="contents")
+      self._decoded = preprocess.decode_and_resize(self._contents, self.size)
+    self.graph.finalize()
+    self.session = tf1.Session(graph=self.graph)
+
+  def close(self) -> None:
+    self.session.close()
+
+  def decode_bytes(self, data: bytes
+                   ) -> Tuple[Optional[np.ndarray], Optional[str]]:
+    """(float32 [H, W, 3] in [0, 255], None) or (None, why it cannot be used)."""
+    refusal = imageinfo.check_decodable(data, *self.size)
+    if refusal:
+      return None, refusal
+    try:
+      return self.session.run(self._decoded, {self._contents: data}), None
+    except tf.errors.OpError as e:
+      return None, f"cannot decode it ({op_error_reason(e)})"
+
+  def decode(self, path: str) -> Tuple[Optional[np.ndarray], Optional[str]]:
+    """decode_bytes of a file's contents (or why it cannot be read)."""
+    try:
+      with open(path, "rb") as f:
+        data = f.read()
+    except OSError as e:
+      return None, f"cannot read it ({e.strerror})"
+    return self.decode_bytes(data)
+
+
 class BottleneckExtractor:
-  """Turns image files into bottleneck vectors with one TF session.
+  """Turns image files into bottleneck vectors.
 
   Files are read and decoded by a thread pool (TensorFlow's decode ops release
   the GIL), while the main thread runs the CNN on batches of decoded images.
@@ -41,11 +81,10 @@ class BottleneckExtractor:
     self.fx = fx
     self.batch_size = batch_size
     self.num_threads = num_threads or os.cpu_count() or 1
+    self.decoder = ImageDecoder(fx.input_size)
+    self.decode = self.decoder.decode
     self.graph = tf.Graph()
     with self.graph.as_default():
-      self._contents = tf1.placeholder(tf.string, [], name="contents")
-      self._decoded = preprocess.decode_and_resize(self._contents,
-                                                   fx.input_size)
       self._images = tf1.placeholder(tf.float32, [None, *fx.input_size, 3],
                                      name="images")
       self._bottleneck = build_bottleneck(fx, self._images)
@@ -54,27 +93,13 @@ class BottleneckExtractor:
 
   def close(self) -> None:
     self.session.close()
+    self.decoder.close()
 
   def __enter__(self) -> "BottleneckExtractor":
     return self
 
   def __exit__(self, *exc) -> None:
     self.close()
-
-  def decode(self, path: str) -> Tuple[Optional[np.ndarray], Optional[str]]:
-    """(float32 [H, W, 3] image, None) or (None, reason it cannot be used)."""
-    try:
-      with open(path, "rb") as f:
-        data = f.read()
-    except OSError as e:
-      return None, f"cannot read it ({e.strerror})"
-    refusal = imageinfo.check_decodable(data, *self.fx.input_size)
-    if refusal:
-      return None, refusal
-    try:
-      return self.session.run(self._decoded, {self._contents: data}), None
-    except tf.errors.OpError as e:
-      return None, f"cannot decode it ({op_error_reason(e)})"
 
   def bottlenecks(self, images: np.ndarray) -> np.ndarray:
     """float32 [n, H, W, 3] images in [0, 255] -> float32 [n, D]."""

@@ -84,6 +84,14 @@ flags.DEFINE_string("final_tensor_name", _R.final_tensor_name,
                     "Name of the output softmax tensor.")
 flags.DEFINE_string("saved_model_dir", _R.saved_model_dir,
                     "Where to write a SavedModel for serving (empty: none).")
+flags.DEFINE_string("tflite_output", _R.tflite_output,
+                    "Where to write a TFLite model (empty: none); its labels "
+                    "and JSON go beside it.")
+flags.DEFINE_enum("tflite_quantize", _R.tflite_quantize,
+                  ["none", "dynamic", "int8"],
+                  "TFLite quantization: none (float32), dynamic (8-bit "
+                  "weights) or int8 (full-integer, calibrated on training "
+                  "images).")
 flags.DEFINE_string("summaries_dir", _R.summaries_dir, "Where TensorBoard "
                     "summaries go, in a new run-* folder (empty: none).")
 flags.DEFINE_string("checkpoint_path", _R.checkpoint_path,
@@ -146,6 +154,7 @@ def to_config(f=FLAGS) -> Tuple[RunConfig, HParams, ModelOptions]:
       image_dir=f.image_dir, bottleneck_dir=f.bottleneck_dir,
       output_graph=f.output_graph, output_labels=f.output_labels,
       summaries_dir=f.summaries_dir, saved_model_dir=f.saved_model_dir,
+      tflite_output=f.tflite_output, tflite_quantize=f.tflite_quantize,
       checkpoint_path=f.checkpoint_path,
       intermediate_output_graphs_dir=f.intermediate_output_graphs_dir,
       intermediate_store_frequency=f.intermediate_store_frequency,

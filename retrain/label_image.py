@@ -1,11 +1,15 @@
-"""Classify images with a graph exported by retrain.
+"""Classify images with any export of retrain: frozen graph, SavedModel, TFLite.
 
-  python -m retrain.label_image --graph=/tmp/output_graph.pb \
-      --image=photo.jpg [--image=more.png ...] [--top_k=5] [--format=text]
+  python -m retrain.label_image --model=/tmp/output_graph.pb --image=photo.jpg
+  python -m retrain.label_image --model=export/saved_model --image=photos/
+  python -m retrain.label_image --model=model.tflite --image=a.jpg --image=b.png \
+      --format=csv
 
-The input names, size and scaling come from the JSON file beside the graph,
-so no preprocessing flag is needed. The labels file is the one named there
-unless --labels is given.
+--model names a .pb graph (--graph is the classic name for it), a SavedModel
+folder or a .tflite file. --image names files or folders (searched
+recursively), and may be repeated. Input names, size and scaling come from the
+JSON file retrain wrote beside the export, so no preprocessing flag is ever
+needed; the labels come from the file it names, or --labels.
 """
 
 import csv
@@ -19,70 +23,171 @@ import numpy as np
 
 from retrain import cli
 from retrain.errors import UserError
+from retrain.images import is_image_name
+
+_EXPORT_METADATA = "retrain.json"  # Inside a SavedModel folder.
 
 
-def metadata_path(graph_path: str) -> str:
-  return os.path.splitext(graph_path)[0] + ".json"
+def _read_json(path: str, what: str) -> dict:
+  if not os.path.isfile(path):
+    raise UserError(f"{what}: {path} is missing; use a model exported by "
+                    "retrain, with the files it wrote beside it")
+  try:
+    with open(path, encoding="utf-8") as f:
+      return json.load(f)
+  except ValueError as e:
+    raise UserError(f"{path}: not a retrain export description ({e})")
 
 
-class ExportedClassifier:
-  """A frozen graph written by retrain, loaded for inference."""
+def _read_labels(path: Optional[str]) -> List[str]:
+  if not path or not os.path.isfile(path):
+    raise UserError(f"labels file {path!r} not found; pass --labels")
+  with open(path, encoding="utf-8") as f:
+    return [line.rstrip("\n") for line in f if line.strip()]
 
-  def __init__(self, graph_path: str, labels_path: Optional[str] = None):
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
-    self._tf = tf
-    meta_path = metadata_path(graph_path)
-    if not os.path.isfile(graph_path):
-      raise UserError(f"--graph={graph_path}: no such file")
-    if not os.path.isfile(meta_path):
-      raise UserError(f"--graph={graph_path}: {meta_path} is missing; "
-                      "classify with a graph exported by retrain, with its "
-                      "JSON file beside it")
-    try:
-      with open(meta_path, encoding="utf-8") as f:
-        self.metadata = json.load(f)
-      self.bytes_input = self.metadata["inputs"]["image_bytes"]["name"]
-      self.output = self.metadata["output"]["name"]
-    except (ValueError, KeyError) as e:
-      raise UserError(f"{meta_path}: not a retrain export description ({e})")
-    labels_path = labels_path or self.metadata.get("labels")
-    if not labels_path or not os.path.isfile(labels_path):
-      raise UserError(f"labels file {labels_path!r} not found; pass --labels")
-    with open(labels_path, encoding="utf-8") as f:
-      self.labels = [line.rstrip("\n") for line in f if line.strip()]
-    graph_def = tf.compat.v1.GraphDef()
-    with open(graph_path, "rb") as f:
-      try:
-        graph_def.ParseFromString(f.read())
-      except Exception:  # pylint: disable=broad-except
-        raise UserError(f"--graph={graph_path}: not a GraphDef file")
-    self.graph = tf.Graph()
-    with self.graph.as_default():
-      tf.compat.v1.import_graph_def(graph_def, name="")
-    self.session = tf.compat.v1.Session(graph=self.graph)
-    self._out = self.graph.get_tensor_by_name(self.output)
-    self._in = self.graph.get_tensor_by_name(self.bytes_input)
-    if self._out.shape[-1] != len(self.labels):
-      raise UserError(f"{labels_path} has {len(self.labels)} labels but the "
-                      f"graph has {self._out.shape[-1]} outputs")
+
+class Classifier:
+  """An export loaded for inference. Subclasses implement `_predict`."""
+
+  labels: List[str]
+
+  def _predict(self, blobs: List[bytes]) -> np.ndarray:
+    """Encoded images -> probabilities [n, classes]; may raise OpError."""
+    raise NotImplementedError
 
   def classify(self, paths: Sequence[str]
                ) -> Tuple[List[str], np.ndarray, List[Tuple[str, str]]]:
     """(classified paths, probabilities [n, classes], [(path, reason)] skipped)."""
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    from retrain.extract import op_error_reason  # pylint: disable=g-import-not-at-top
     done, rows, skipped = [], [], []
     for path in paths:
       try:
         with open(path, "rb") as f:
           data = f.read()
-        rows.append(self.session.run(self._out, {self._in: [data]})[0])
-        done.append(path)
       except OSError as e:
         skipped.append((path, f"cannot read it ({e.strerror})"))
-      except self._tf.errors.OpError as e:
-        from retrain.extract import op_error_reason  # pylint: disable=g-import-not-at-top
+        continue
+      try:
+        rows.append(self._predict([data])[0])
+        done.append(path)
+      except tf.errors.OpError as e:
         skipped.append((path, f"cannot decode it ({op_error_reason(e)})"))
+      except _BadImage as e:
+        skipped.append((path, str(e)))
     probs = np.array(rows, np.float32).reshape(len(rows), len(self.labels))
     return done, probs, skipped
+
+
+class _BadImage(Exception):
+  pass
+
+
+class GraphClassifier(Classifier):
+  """A frozen graph, fed encoded bytes at the input its JSON names."""
+
+  def __init__(self, graph_path: str, labels_path: Optional[str] = None):
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    meta = _read_json(os.path.splitext(graph_path)[0] + ".json",
+                      f"--model={graph_path}")
+    try:
+      bytes_input = meta["inputs"]["image_bytes"]["name"]
+      output = meta["output"]["name"]
+    except KeyError as e:
+      raise UserError(f"--model={graph_path}: its JSON lacks {e}")
+    self.labels = _read_labels(labels_path or meta.get("labels"))
+    graph_def = tf.compat.v1.GraphDef()
+    with open(graph_path, "rb") as f:
+      try:
+        graph_def.ParseFromString(f.read())
+      except Exception:  # pylint: disable=broad-except
+        raise UserError(f"--model={graph_path}: not a GraphDef file")
+    graph = tf.Graph()
+    with graph.as_default():
+      tf.compat.v1.import_graph_def(graph_def, name="")
+    self._session = tf.compat.v1.Session(graph=graph)
+    self._in = graph.get_tensor_by_name(bytes_input)
+    self._out = graph.get_tensor_by_name(output)
+    _check_outputs(self._out.shape[-1], self.labels, graph_path)
+
+  def _predict(self, blobs):
+    return self._session.run(self._out, {self._in: blobs})
+
+
+class SavedModelClassifier(Classifier):
+  """A SavedModel's serving_default signature (encoded bytes in)."""
+
+  def __init__(self, path: str, labels_path: Optional[str] = None):
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    meta = _read_json(os.path.join(path, _EXPORT_METADATA), f"--model={path}")
+    self.labels = _read_labels(labels_path or os.path.join(
+        path, meta.get("labels", "labels.txt")))
+    self._tf = tf
+    self._fn = tf.saved_model.load(path).signatures["serving_default"]
+
+  def _predict(self, blobs):
+    out = self._fn(image_bytes=self._tf.constant(blobs))
+    return out["probabilities"].numpy()
+
+
+class TFLiteClassifier(Classifier):
+  """A .tflite model; images decoded and resized as in training."""
+
+  def __init__(self, path: str, labels_path: Optional[str] = None):
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    from retrain.extract import ImageDecoder  # pylint: disable=g-import-not-at-top
+    meta = _read_json(os.path.splitext(path)[0] + ".json", f"--model={path}")
+    self.labels = _read_labels(labels_path or meta.get("labels"))
+    self._interpreter = tf.lite.Interpreter(model_path=path)
+    self._interpreter.allocate_tensors()
+    self._input = self._interpreter.get_input_details()[0]
+    self._output = self._interpreter.get_output_details()[0]
+    height, width = self._input["shape"][1:3]
+    self._decoder = ImageDecoder((int(height), int(width)))
+    _check_outputs(self._output["shape"][-1], self.labels, path)
+
+  def _predict(self, blobs):
+    rows = []
+    for blob in blobs:
+      image, error = self._decoder.decode_bytes(blob)
+      if image is None:
+        raise _BadImage(error)
+      self._interpreter.set_tensor(self._input["index"],
+                                   image[None].astype(np.float32))
+      self._interpreter.invoke()
+      rows.append(self._interpreter.get_tensor(self._output["index"])[0])
+    return np.array(rows)
+
+
+def _check_outputs(outputs, labels, path):
+  if outputs != len(labels):
+    raise UserError(f"--model={path}: {outputs} outputs but {len(labels)} "
+                    "labels; pass the matching --labels")
+
+
+def load_classifier(model: str, labels: Optional[str] = None) -> Classifier:
+  """The right Classifier for a .pb graph, SavedModel folder or .tflite."""
+  if os.path.isdir(model):
+    return SavedModelClassifier(model, labels)
+  if not os.path.isfile(model):
+    raise UserError(f"--model={model}: no such file or folder")
+  if model.lower().endswith(".tflite"):
+    return TFLiteClassifier(model, labels)
+  return GraphClassifier(model, labels)
+
+
+def collect_images(args: Sequence[str]) -> List[str]:
+  """Image files named by `args`: files as given, folders searched."""
+  found = []
+  for arg in args:
+    if os.path.isdir(arg):
+      for root, dirs, files in os.walk(arg):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        found += [os.path.join(root, f) for f in sorted(files)
+                  if is_image_name(f)]
+    else:
+      found.append(arg)
+  return found
 
 
 def format_results(paths: Sequence[str], probs: np.ndarray,
@@ -113,10 +218,12 @@ def format_results(paths: Sequence[str], probs: np.ndarray,
 
 def _define_flags():
   from absl import flags  # pylint: disable=g-import-not-at-top
-  flags.DEFINE_string("graph", None, "Frozen graph written by retrain.")
-  flags.DEFINE_string("labels", None, "Labels file (default: the one named "
-                      "in the graph's JSON file).")
-  flags.DEFINE_multi_string("image", [], "Image to classify (repeatable).")
+  flags.DEFINE_string("model", None, "Export to use: a .pb frozen graph, a "
+                      "SavedModel folder or a .tflite file.")
+  flags.DEFINE_string("graph", None, "Frozen graph (same as --model).")
+  flags.DEFINE_string("labels", None, "Labels file (default: the one the "
+                      "export's JSON names).")
+  flags.DEFINE_multi_string("image", [], "Image file or folder (repeatable).")
   flags.DEFINE_integer("top_k", 5, "How many labels to print (0: all).")
   flags.DEFINE_enum("format", "text", ["text", "csv", "json"],
                     "Output format.")
@@ -128,12 +235,16 @@ def main(argv) -> int:
   f = flags.FLAGS
 
   def job() -> int:
-    images = list(f.image) + list(argv[1:])
-    if not f.graph:
-      raise UserError("--graph is required: the .pb file retrain wrote")
+    if f.model and f.graph:
+      raise UserError("--model and --graph both given; pass one")
+    model = f.model or f.graph
+    if not model:
+      raise UserError("--model is required: the .pb, SavedModel folder or "
+                      ".tflite file retrain wrote")
+    images = collect_images(list(f.image) + list(argv[1:]))
     if not images:
-      raise UserError("no image given: pass --image=PATH")
-    classifier = ExportedClassifier(f.graph, f.labels)
+      raise UserError("no image given: pass --image=FILE_OR_FOLDER")
+    classifier = load_classifier(model, f.labels)
     paths, probs, skipped = classifier.classify(images)
     for path, reason in skipped:
       sys.stderr.write(f"label_image: skipped {path}: {reason}\n")

@@ -20,10 +20,13 @@ import cache
 from retrain import export, images, train
 from retrain.config import HParams, ModelOptions, RunConfig
 from retrain.errors import UserError
-from retrain.extract import BottleneckExtractor
+from retrain.extract import BottleneckExtractor, ImageDecoder
 from retrain.model import FeatureExtractor, load_feature_extractor
 
 tf1 = tf.compat.v1
+
+# Training images used to calibrate int8 TFLite quantization.
+TFLITE_CALIBRATION_IMAGES = 200
 
 
 @dataclasses.dataclass
@@ -41,6 +44,8 @@ class RunResult:
   set_sizes: Dict[str, int]
   outputs: List[str]
   model: Dict[str, object]
+  final_weights: np.ndarray  # float32 [D, classes]
+  final_biases: np.ndarray  # float32 [classes]
 
 
 def check_config(config: RunConfig, hparams: HParams) -> None:
@@ -92,6 +97,18 @@ def check_config(config: RunConfig, hparams: HParams) -> None:
   for flag, folder in folders:
     need(bool(folder), f"--{flag} must not be empty")
     _check_writable(flag, folder)
+  need(config.tflite_quantize in export.TFLITE_QUANTIZATIONS,
+       f"--tflite_quantize={config.tflite_quantize}: must be one of "
+       f"{', '.join(export.TFLITE_QUANTIZATIONS)}")
+  need(config.tflite_quantize == "none" or bool(config.tflite_output),
+       f"--tflite_quantize={config.tflite_quantize} needs --tflite_output="
+       "PATH.tflite")
+  if config.tflite_output:
+    need(not os.path.isdir(config.tflite_output),
+         f"--tflite_output={config.tflite_output} is a folder; pass a file "
+         "path")
+    _check_writable("tflite_output",
+                    os.path.dirname(os.path.abspath(config.tflite_output)))
   if config.saved_model_dir:
     d = config.saved_model_dir
     need(not os.path.isfile(d), f"--saved_model_dir={d} is a file; pass a "
@@ -187,6 +204,33 @@ def _intermediate_exporter(config: RunConfig, fx: FeatureExtractor,
   return store
 
 
+def _export_tflite(config: RunConfig, fx: FeatureExtractor,
+                   labels: Sequence[str], weights: np.ndarray,
+                   biases: np.ndarray, train_paths: Sequence[str], seed: int,
+                   common: Dict[str, object]) -> List[str]:
+  """Writes the TFLite model (and its labels and JSON); returns the paths."""
+  representative = None
+  if config.tflite_quantize == "int8":
+    rng = np.random.default_rng(seed + 2)
+    pick = rng.permutation(len(train_paths))[:TFLITE_CALIBRATION_IMAGES]
+    decoder = ImageDecoder(fx.input_size)
+    try:
+      decoded = [decoder.decode(train_paths[i])[0] for i in pick]
+    finally:
+      decoder.close()
+    representative = np.stack([d for d in decoded if d is not None])
+    logging.info("Calibrating int8 TFLite on %d training images",
+                 len(representative))
+  flatbuffer = export.tflite_model(fx, weights, biases,
+                                   config.tflite_quantize, representative,
+                                   config.final_tensor_name)
+  export.write_tflite(config.tflite_output, flatbuffer, labels, dict(
+      common, **export.tflite_io_description(fx, config.tflite_quantize,
+                                             config.final_tensor_name)))
+  stem = os.path.splitext(config.tflite_output)[0]
+  return [config.tflite_output, stem + ".labels.txt", stem + ".json"]
+
+
 def run(config: RunConfig, hparams: HParams = HParams(),
         model_options: ModelOptions = ModelOptions()) -> RunResult:
   """Retrains and exports. Raises UserError for bad input, before writing."""
@@ -224,10 +268,10 @@ def run(config: RunConfig, hparams: HParams = HParams(),
       logging.warning("class %r has no usable training image; it will never "
                       "be predicted", label)
 
-  metadata = dict(
-      labels=os.path.abspath(config.output_labels), classes=len(labels),
-      model=fx.describe(),
-      **export.io_description(fx, config.final_tensor_name))
+  common = dict(classes=len(labels), model=fx.describe(),
+                input_size=list(fx.input_size))
+  metadata = dict(common, labels=os.path.abspath(config.output_labels),
+                  **export.io_description(fx, config.final_tensor_name))
   outputs: List[str] = []
   tg = train.build_training_graph(fx.bottleneck_size, len(labels), hparams,
                                   config.final_tensor_name)
@@ -282,8 +326,10 @@ def run(config: RunConfig, hparams: HParams = HParams(),
     logging.warning("No test images: the test accuracy is not measured "
                     "(raise --testing_percentage)")
 
-  metadata.update(test_accuracy=test_accuracy, test_images=len(test_y),
-                  skipped_images=len(filled.failures))
+  results = dict(test_accuracy=test_accuracy, test_images=len(test_y),
+                 skipped_images=len(filled.failures))
+  common.update(results)
+  metadata.update(results)
   graph_def = export.build_inference_graph_def(fx, weights, biases,
                                                config.final_tensor_name)
   export.write_frozen_graph(config.output_graph, graph_def, metadata)
@@ -294,11 +340,18 @@ def run(config: RunConfig, hparams: HParams = HParams(),
   outputs += [config.output_graph, export.metadata_path(config.output_graph),
               config.output_labels, skipped_path]
   if config.saved_model_dir:
-    export.write_saved_model(config.saved_model_dir, graph_def, labels,
-                             config.final_tensor_name)
+    export.write_saved_model(
+        config.saved_model_dir, graph_def, labels, config.final_tensor_name,
+        dict(common, resize=metadata["resize"],
+             input_scaling=metadata["input_scaling"]))
     outputs.append(config.saved_model_dir)
+  if config.tflite_output:
+    outputs += _export_tflite(config, fx, labels, weights, biases,
+                              train_set.paths, hparams.random_seed,
+                              dict(common, resize=metadata["resize"]))
   for path in outputs:
     logging.info("Wrote %s", path)
   return RunResult(labels, test_accuracy, test_paths, test_y, probabilities,
                    history, filled.failures, filled.from_cache,
-                   filled.computed, sizes, outputs, fx.describe())
+                   filled.computed, sizes, outputs, fx.describe(), weights,
+                   biases)

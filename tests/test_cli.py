@@ -125,4 +125,4 @@ def test_label_image_errors_are_one_line(tmp_path):
                          module="retrain.label_image")
   assert proc.returncode == 2
   assert proc.stderr.strip().splitlines() == [
-      "label_image: error: --graph=/nonexistent.pb: no such file"]
+      "label_image: error: --model=/nonexistent.pb: no such file or folder"]

@@ -1,5 +1,8 @@
 """End to end on generated images with small models built by the tests."""
 
+import csv
+import io
+import json
 import os
 
 import numpy as np
@@ -26,7 +29,8 @@ def trained(request, small_models, color_images, tmp_path_factory):
   tmp = tmp_path_factory.mktemp("run_" + request.param)
   config = helpers.run_config(tmp, color_images, testing_percentage=25,
                               validation_percentage=15,
-                              intermediate_store_frequency=100)
+                              intermediate_store_frequency=100,
+                              tflite_output=str(tmp / "out" / "model.tflite"))
   result = pipeline.run(config, FAST, _options(small_models, request.param))
   return request.param, config, result, tmp
 
@@ -77,12 +81,79 @@ def test_saved_model_matches_trained_session_in_fresh_process(trained):
   assert list(probs["label"]) == expected
 
 
+def test_tflite_matches_trained_session_in_fresh_process(trained):
+  kind, config, result, tmp = trained
+  probs = helpers.export_probabilities("tflite", config.tflite_output,
+                                       result.test_paths, tmp)
+  np.testing.assert_allclose(probs["float"], result.test_probabilities,
+                             atol=1e-4)
+  stem = os.path.splitext(config.tflite_output)[0]
+  with open(stem + ".labels.txt") as f:
+    assert f.read() == "blue\ngreen\nred\n"
+
+
+def test_every_export_has_its_json(trained):
+  kind, config, result, tmp = trained
+  stem = os.path.splitext(config.tflite_output)[0]
+  for path, export in (
+      (os.path.splitext(config.output_graph)[0] + ".json", "frozen_graph"),
+      (os.path.join(config.saved_model_dir, "retrain.json"), "saved_model"),
+      (stem + ".json", "tflite")):
+    with open(path) as f:
+      meta = json.load(f)
+    assert meta["export"] == export
+    assert meta["test_accuracy"] == result.test_accuracy
+    assert meta["model"]["source"] == result.model["source"]
+    assert meta["input_size"] == result.model["input_size"]
+    assert "labels" in meta
+
+
+@pytest.mark.parametrize("export", ["graph", "saved_model", "tflite"])
+def test_label_image_classifies_a_folder_with_every_export(trained, export,
+                                                           tmp_path):
+  kind, config, result, tmp = trained
+  model = {"graph": config.output_graph, "saved_model": config.saved_model_dir,
+           "tflite": config.tflite_output}[export]
+  folder = tmp_path / "new photos"
+  folder.mkdir()
+  for i, path in enumerate(result.test_paths[:3]):
+    (folder / f"{i}{os.path.splitext(path)[1]}").write_bytes(
+        open(path, "rb").read())
+  (folder / "broken.jpg").write_bytes(b"not an image")
+  proc = helpers.run_cli([f"--model={model}", f"--image={folder}",
+                          "--format=json", "--top_k=1"],
+                         module="retrain.label_image")
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  rows = json.loads(proc.stdout)
+  assert [os.path.basename(r["image"]) for r in rows] == [
+      os.path.basename(p) for p in sorted(str(q) for q in folder.iterdir())
+      if not p.endswith("broken.jpg")]
+  for row, probs in zip(rows, result.test_probabilities[:3]):
+    top = int(probs.argmax())
+    assert row["top"][0]["label"] == result.labels[top]
+    assert abs(row["top"][0]["probability"] - probs[top]) < 1e-4
+  assert "skipped" in proc.stderr and "broken.jpg" in proc.stderr
+
+
+def test_label_image_csv(trained):
+  kind, config, result, tmp = trained
+  proc = helpers.run_cli([f"--graph={config.output_graph}",
+                          f"--image={result.test_paths[0]}",
+                          f"--image={result.test_paths[1]}", "--format=csv",
+                          "--top_k=0"], module="retrain.label_image")
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  rows = list(csv.reader(io.StringIO(proc.stdout)))
+  assert rows[0] == ["image", "rank", "label", "probability"]
+  assert len(rows) == 1 + 2 * 3
+  assert abs(sum(float(r[3]) for r in rows[1:4]) - 1) < 1e-4
+
+
 def test_second_run_reads_the_cache_and_gives_the_same_numbers(
     trained, small_models):
   kind, config, result, tmp = trained
   before = {p: os.path.getmtime(os.path.join(config.bottleneck_dir, p))
             for p in helpers.files_under(config.bottleneck_dir)}
-  again = pipeline.run(config._replace(saved_model_dir="",
+  again = pipeline.run(config._replace(saved_model_dir="", tflite_output="",
                                        intermediate_store_frequency=0),
                        FAST, _options(small_models, kind))
   assert again.bottlenecks_computed == 0

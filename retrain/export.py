@@ -75,8 +75,8 @@ def optimize_for_inference(graph: tf.Graph,
   """Strips what `outputs` do not need and folds constants (Grappler).
 
   Only portable rewrites are used (constant folding, arithmetic
-  simplification, dependency pruning), so the result runs on any TensorFlow
-  build and converts to TFLite.
+  simplification, dependency pruning, batch norms folded into the preceding
+  convolutions), so the result runs on any TensorFlow build.
   """
   # pylint: disable=g-import-not-at-top
   from tensorflow.core.protobuf import config_pb2, rewriter_config_pb2
@@ -94,12 +94,31 @@ def optimize_for_inference(graph: tf.Graph,
     rewrite = config.graph_options.rewrite_options
     rewrite.optimizers.extend(["constfold", "arithmetic", "dependency"])
     rewrite.meta_optimizer_iterations = rewriter_config_pb2.RewriterConfig.ONE
-    return tf_optimizer.OptimizeGraph(config, meta_graph)
+    optimized = tf_optimizer.OptimizeGraph(config, meta_graph)
   except Exception as e:  # pylint: disable=broad-except
     from absl import logging  # pylint: disable=g-import-not-at-top
     logging.warning("graph optimization skipped (%s); exporting the graph "
                     "unoptimized", e)
     return stripped
+  return _fold_batch_norms(optimized)
+
+
+def _fold_batch_norms(graph_def: tf1.GraphDef) -> tf1.GraphDef:
+  """Folds FusedBatchNorm ops that follow convolutions into their weights."""
+  from tensorflow.python.tools import optimize_for_inference_lib  # pylint: disable=g-import-not-at-top
+  if not any(n.op.startswith("FusedBatchNorm") for n in graph_def.node):
+    return graph_def
+  try:
+    folded = optimize_for_inference_lib.fold_batch_norms(graph_def)
+    # It rebuilds the node list only: keep the functions (the decoding loop
+    # lives there) and the version stamp.
+    folded.library.CopyFrom(graph_def.library)
+    folded.versions.CopyFrom(graph_def.versions)
+    return folded
+  except Exception as e:  # pylint: disable=broad-except
+    from absl import logging  # pylint: disable=g-import-not-at-top
+    logging.warning("batch norm folding skipped (%s)", e)
+    return graph_def
 
 
 def build_float_graph(fx: FeatureExtractor, weights: np.ndarray,

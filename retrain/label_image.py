@@ -17,6 +17,7 @@ import io
 import json
 import os
 import sys
+import warnings
 from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -138,7 +139,9 @@ class TFLiteClassifier(Classifier):
     from retrain.extract import ImageDecoder  # pylint: disable=g-import-not-at-top
     meta = _read_json(os.path.splitext(path)[0] + ".json", f"--model={path}")
     self.labels = _read_labels(labels_path or meta.get("labels"))
-    self._interpreter = tf.lite.Interpreter(model_path=path)
+    with warnings.catch_warnings():  # tf.lite's notice about LiteRT.
+      warnings.simplefilter("ignore")
+      self._interpreter = tf.lite.Interpreter(model_path=path)
     self._interpreter.allocate_tensors()
     self._input = self._interpreter.get_input_details()[0]
     self._output = self._interpreter.get_output_details()[0]

@@ -118,3 +118,18 @@ def test_frozen_graph_and_saved_model_give_the_same_bottlenecks(shared,
     out.append(np.stack([v for _, v, _ in got]))
   assert out[0].shape == (len(paths), 256)
   np.testing.assert_allclose(out[0], out[1], atol=1e-4)
+
+
+def test_exported_graph_is_optimized_for_inference(flower_run):
+  """Unused nodes (the ImageNet classifier) stripped, batch norms folded."""
+  import tensorflow as tf
+  kind, config, result, tmp, _ = flower_run
+  graph_def = tf.compat.v1.GraphDef()
+  with open(config.output_graph, "rb") as f:
+    graph_def.ParseFromString(f.read())
+  ops = [n.op for n in graph_def.node]
+  names = [n.name for n in graph_def.node]
+  assert not [n for n in names if "Predictions" in n or "Logits/Conv2d" in n]
+  assert "Rsqrt" not in ops and "FusedBatchNormV3" not in ops
+  assert ops.count("Identity") <= 5
+  assert {"image", "image_bytes", "final_result"} <= set(names)

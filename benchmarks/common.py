@@ -1,0 +1,31 @@
+"""Helpers shared by the benchmark scripts (no timing assertions: they print)."""
+
+import os
+import resource
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO not in sys.path:
+  sys.path.insert(0, REPO)
+
+
+def shared_dir() -> str:
+  """../shared beside the repository, or $RETRAIN_SHARED_DIR."""
+  return os.environ.get("RETRAIN_SHARED_DIR",
+                        os.path.join(os.path.dirname(REPO), "shared"))
+
+
+def peak_rss_mb() -> float:
+  """Peak resident memory of this process so far, in MB."""
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def table(rows, header) -> str:
+  """A Markdown table."""
+  widths = [max(len(str(r[i])) for r in [header] + rows)
+            for i in range(len(header))]
+  def line(r):
+    return "| " + " | ".join(str(c).ljust(w) for c, w in zip(r, widths)) + " |"
+  return "\n".join([line(header),
+                    "|" + "|".join("-" * (w + 2) for w in widths) + "|"] +
+                   [line(r) for r in rows])

@@ -1,0 +1,91 @@
+"""Size and per-image latency of every export, from one training run.
+
+  python benchmarks/exports.py [--image_dir=DIR] [--graph=PB | --tfhub_module=DIR]
+
+Defaults: ../shared/datasets/flower_photos_dev and the MobileNet v1 0.25/128
+frozen graph. Trains once (warm cache after the first call), exports the
+frozen graph, the SavedModel and TFLite float/dynamic/int8, then classifies
+the test images one at a time with each, as a client would (encoded file in,
+probabilities out), and prints a table.
+"""
+
+import os
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # pylint: disable=g-import-not-at-top
+
+from absl import app, flags  # pylint: disable=g-import-not-at-top
+
+flags.DEFINE_string("image_dir", None, "Photo folder (default: shared dev "
+                    "flowers).")
+flags.DEFINE_string("graph", None, "Frozen graph (default: shared "
+                    "mobilenet_v1_025_128).")
+flags.DEFINE_string("tfhub_module", None, "TF-Hub module folder instead.")
+flags.DEFINE_string("work_dir", None, "Where outputs and cache go (default: "
+                    "a temporary folder).")
+FLAGS = flags.FLAGS
+
+
+def main(_):
+  from retrain import cli  # pylint: disable=g-import-not-at-top
+  cli.quiet_tensorflow()
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from retrain import pipeline  # pylint: disable=g-import-not-at-top
+  from retrain.config import HParams, ModelOptions, RunConfig
+  from retrain.label_image import load_classifier
+  shared = common.shared_dir()
+  image_dir = FLAGS.image_dir or os.path.join(shared, "datasets",
+                                              "flower_photos_dev")
+  if FLAGS.tfhub_module:
+    options = ModelOptions(tfhub_module=FLAGS.tfhub_module)
+  else:
+    options = ModelOptions(graph=FLAGS.graph or os.path.join(
+        shared, "models", "mobilenet_v1_025_128", "frozen_graph.pb"),
+                           tfhub_module="")
+  work = FLAGS.work_dir or tempfile.mkdtemp(prefix="retrain_bench_")
+  base = RunConfig(image_dir=image_dir,
+                   bottleneck_dir=os.path.join(work, "bottlenecks"),
+                   output_graph=os.path.join(work, "graph.pb"),
+                   output_labels=os.path.join(work, "labels.txt"),
+                   saved_model_dir=os.path.join(work, "saved_model"),
+                   summaries_dir="", checkpoint_path="")
+  exports = {"frozen graph": base.output_graph,
+             "SavedModel": base.saved_model_dir}
+  result = None
+  for quantize in ("none", "dynamic", "int8"):
+    path = os.path.join(work, f"model_{quantize}.tflite")
+    config = base._replace(tflite_output=path, tflite_quantize=quantize)
+    if quantize != "none":
+      config = config._replace(saved_model_dir="")
+    result = pipeline.run(config, HParams(), options)
+    exports[f"TFLite {quantize}"] = path
+  paths = result.test_paths
+  reference = result.test_probabilities
+  rows = []
+  for name, path in exports.items():
+    classifier = load_classifier(path)
+    classifier.classify(paths[:2])  # Warm up.
+    start = time.perf_counter()
+    done, probs, _ = classifier.classify(paths)
+    per_image = (time.perf_counter() - start) / len(done) * 1000
+    if os.path.isdir(path):
+      size = sum(os.path.getsize(os.path.join(r, f))
+                 for r, _, fs in os.walk(path) for f in fs)
+    else:
+      size = os.path.getsize(path)
+    agree = np.mean(probs.argmax(1) == reference.argmax(1))
+    acc = np.mean(probs.argmax(1) == result.test_truth)
+    rows.append([name, f"{size / 1e6:.2f}", f"{per_image:.1f}",
+                 f"{np.abs(probs - reference).max():.1e}",
+                 f"{agree * 100:.1f}%", f"{acc * 100:.1f}%"])
+  print(f"\nModel {result.model['source']}, {len(paths)} test images, one "
+        "at a time (decode + resize + model):\n")
+  print(common.table(rows, ["export", "MB", "ms/image", "max abs diff vs session",
+                            "top-1 = session", "test accuracy"]))
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -25,7 +25,10 @@ setup(
         "numpy",
         "absl-py",
     ],
-    extras_require={"test": ["pytest", "pillow"]},
+    extras_require={
+        "plots": ["matplotlib"],
+        "test": ["pytest", "pillow", "matplotlib"],
+    },
     entry_points={
         "console_scripts": [
             "retrain=retrain.__main__:run",

@@ -29,10 +29,10 @@ class ImageRef(NamedTuple):
   relpath: str
 
 
-# compute(paths) yields (index into paths, vector or None, error or None), in
-# any order, once per path.
-ComputeFn = Callable[[Sequence[str]], Iterator[Tuple[int, Optional[np.ndarray],
-                                                     Optional[str]]]]
+# compute(refs) yields (index into refs, vector or None, error or None), in
+# any order, once per image.
+ComputeFn = Callable[[Sequence["ImageRef"]],
+                     Iterator[Tuple[int, Optional[np.ndarray], Optional[str]]]]
 
 
 @dataclasses.dataclass
@@ -84,7 +84,7 @@ class BottleneckCache:
 
     Args:
       refs: the images.
-      compute: computes vectors for a list of image paths (see ComputeFn).
+      compute: computes vectors for a list of ImageRefs (see ComputeFn).
       progress: called as progress(done, total) while computing.
     """
     n = len(refs)
@@ -102,7 +102,7 @@ class BottleneckCache:
       if vectors[i] is None:
         missing.append(i)
     done = 0
-    for j, vector, error in compute([refs[i].path for i in missing]):
+    for j, vector, error in compute([refs[i] for i in missing]):
       i = missing[j]
       done += 1
       if vector is None:

@@ -11,6 +11,10 @@ DEFAULT_TFHUB_MODULE = (
     "https://tfhub.dev/google/imagenet/inception_v3/feature_vector/5")
 
 
+# Augmented copies per training image when a distortion flag is given alone.
+DEFAULT_AUGMENTATION_COPIES = 5
+
+
 class HParams(NamedTuple):
   """Training hyperparameters."""
   how_many_training_steps: int = 4000
@@ -20,6 +24,7 @@ class HParams(NamedTuple):
   test_batch_size: int = -1  # -1: the whole test set.
   eval_step_interval: int = 10
   random_seed: int = 0
+  class_sampling: str = "balanced"  # Or "proportional"; see train.py.
 
 
 class ModelOptions(NamedTuple):
@@ -57,3 +62,20 @@ class RunConfig(NamedTuple):
   final_tensor_name: str = "final_result"
   print_misclassified_test_images: bool = False
   bottleneck_batch_size: int = 64
+  # Distortions of training images, cached as augmented copies.
+  flip_left_right: bool = False
+  random_crop: int = 0
+  random_scale: int = 0
+  random_brightness: int = 0
+  augmentation_copies: int = 0  # 0: 5 when a distortion is set, else none.
+
+  def distortions(self):
+    from retrain.preprocess import Distortions  # pylint: disable=g-import-not-at-top
+    return Distortions(self.flip_left_right, self.random_crop,
+                       self.random_scale, self.random_brightness)
+
+  def copies(self) -> int:
+    """How many augmented copies of each training image to use."""
+    if self.augmentation_copies:
+      return self.augmentation_copies
+    return DEFAULT_AUGMENTATION_COPIES if self.distortions().any() else 0

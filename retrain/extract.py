@@ -2,9 +2,10 @@
 
 import collections
 import concurrent.futures
+import hashlib
 import os
 import re
-from typing import Iterator, Optional, Sequence, Tuple
+from typing import Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -32,37 +33,60 @@ class ImageDecoder:
   graph contains. Thread-safe: decode from several threads at once.
   """
 
-  def __init__(self, size: Tuple[int, int]):
+  def __init__(self, size: Tuple[int, int],
+               distortions: Optional[preprocess.Distortions] = None):
+    """Args: size (H, W); distortions: if given, decode() takes a seed."""
     self.size = tuple(size)
+    self.distortions = distortions
     self.graph = tf.Graph()
     with self.graph.as_default():
       self._contents = tf1.placeholder(tf.string, [], name="contents")
-      self._decoded = preprocess.decode_and_resize(self._contents, self.size)
+      self._seed = tf1.placeholder(tf.int64, [2], name="seed")
+      if distortions:
+        self._decoded = preprocess.distort_and_resize(
+            preprocess.decode_image(self._contents, self.size), self.size,
+            distortions, self._seed)
+      else:
+        self._decoded = preprocess.decode_and_resize(self._contents,
+                                                     self.size)
     self.graph.finalize()
     self.session = tf1.Session(graph=self.graph)
 
   def close(self) -> None:
     self.session.close()
 
-  def decode_bytes(self, data: bytes
+  def decode_bytes(self, data: bytes, seed: Sequence[int] = (0, 0)
                    ) -> Tuple[Optional[np.ndarray], Optional[str]]:
-    """(float32 [H, W, 3] in [0, 255], None) or (None, why it cannot be used)."""
+    """(float32 [H, W, 3] in [0, 255], None) or (None, why it cannot be used).
+
+    `seed` picks the random distortion, if the decoder has distortions.
+    """
     refusal = imageinfo.check_decodable(data, *self.size)
     if refusal:
       return None, refusal
+    feed = {self._contents: data}
+    if self.distortions:
+      feed[self._seed] = seed
     try:
-      return self.session.run(self._decoded, {self._contents: data}), None
+      return self.session.run(self._decoded, feed), None
     except tf.errors.OpError as e:
       return None, f"cannot decode it ({op_error_reason(e)})"
 
-  def decode(self, path: str) -> Tuple[Optional[np.ndarray], Optional[str]]:
+  def decode(self, path: str, seed: Sequence[int] = (0, 0)
+             ) -> Tuple[Optional[np.ndarray], Optional[str]]:
     """decode_bytes of a file's contents (or why it cannot be read)."""
     try:
       with open(path, "rb") as f:
         data = f.read()
     except OSError as e:
       return None, f"cannot read it ({e.strerror})"
-    return self.decode_bytes(data)
+    return self.decode_bytes(data, seed)
+
+
+def augmentation_seed(random_seed: int, key: str, copy: int) -> List[int]:
+  """The stateless seed of augmented copy `copy` of the image named `key`."""
+  digest = hashlib.sha1(f"{key}#{copy}".encode("utf-8")).digest()
+  return [int(random_seed), int.from_bytes(digest[:7], "little")]
 
 
 class BottleneckExtractor:
@@ -77,12 +101,16 @@ class BottleneckExtractor:
   """
 
   def __init__(self, fx: FeatureExtractor, batch_size: int = 64,
-               num_threads: Optional[int] = None):
+               num_threads: Optional[int] = None,
+               distortions: Optional[preprocess.Distortions] = None,
+               copy: int = 0, random_seed: int = 0):
+    """Args: distortions, copy, random_seed: compute augmented copy `copy`."""
     self.fx = fx
     self.batch_size = batch_size
     self.num_threads = num_threads or os.cpu_count() or 1
-    self.decoder = ImageDecoder(fx.input_size)
-    self.decode = self.decoder.decode
+    self.decoder = ImageDecoder(fx.input_size, distortions)
+    self._copy = copy
+    self._random_seed = random_seed
     self.graph = tf.Graph()
     with self.graph.as_default():
       self._images = tf1.placeholder(tf.float32, [None, *fx.input_size, 3],
@@ -105,9 +133,20 @@ class BottleneckExtractor:
     """float32 [n, H, W, 3] images in [0, 255] -> float32 [n, D]."""
     return self.session.run(self._bottleneck, {self._images: images})
 
-  def compute(self, paths: Sequence[str]
+  def decode_ref(self, ref) -> Tuple[Optional[np.ndarray], Optional[str]]:
+    """Decodes an image (cache.ImageRef or path), distorted if so set up."""
+    if isinstance(ref, str):
+      return self.decoder.decode(ref)
+    seed = augmentation_seed(self._random_seed,
+                             f"{ref.class_dir}/{ref.relpath}", self._copy)
+    return self.decoder.decode(ref.path, seed)
+
+  def compute(self, paths: Sequence
               ) -> Iterator[Tuple[int, Optional[np.ndarray], Optional[str]]]:
-    """Yields (index, vector, None) or (index, None, reason) for every path."""
+    """Yields (index, vector, None) or (index, None, reason) for every image.
+
+    `paths` holds file paths or cache.ImageRefs (which seed distortions).
+    """
     if not paths:
       return
     window = self.batch_size * 2 + self.num_threads
@@ -117,7 +156,7 @@ class BottleneckExtractor:
       next_path = 0
       while pending or next_path < len(paths):
         while next_path < len(paths) and len(pending) < window:
-          pending.append((next_path, pool.submit(self.decode,
+          pending.append((next_path, pool.submit(self.decode_ref,
                                                  paths[next_path])))
           next_path += 1
         index, future = pending.popleft()

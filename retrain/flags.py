@@ -70,6 +70,26 @@ flags.DEFINE_integer("eval_step_interval", _H.eval_step_interval,
 flags.DEFINE_integer("random_seed", _H.random_seed, "Seed of weight "
                      "initialisation and batch sampling: the same seed and "
                      "data give the same numbers.")
+flags.DEFINE_enum("class_sampling", _H.class_sampling,
+                  ["balanced", "proportional"],
+                  "How training batches are drawn: balanced (a class "
+                  "uniformly, then one of its images; the classic tool's "
+                  "rule) or proportional (images uniformly).")
+
+# Augmentation.
+flags.DEFINE_bool("flip_left_right", _R.flip_left_right,
+                  "Distort training images by mirroring half of them.")
+flags.DEFINE_integer("random_crop", _R.random_crop,
+                     "Distort by cropping away up to this percent margin.")
+flags.DEFINE_integer("random_scale", _R.random_scale,
+                     "Distort by enlarging up to this percent.")
+flags.DEFINE_integer("random_brightness", _R.random_brightness,
+                     "Distort by scaling brightness by up to +- this "
+                     "percent.")
+flags.DEFINE_integer("augmentation_copies", _R.augmentation_copies,
+                     "Distorted copies of each training image, each with "
+                     "its own cached bottleneck (0: 5 when a distortion flag "
+                     "is set, else none).")
 flags.DEFINE_bool("print_misclassified_test_images",
                   _R.print_misclassified_test_images,
                   "Print every misclassified test image.")
@@ -149,7 +169,8 @@ def to_config(f=FLAGS) -> Tuple[RunConfig, HParams, ModelOptions]:
       learning_rate=f.learning_rate, train_batch_size=f.train_batch_size,
       validation_batch_size=f.validation_batch_size,
       test_batch_size=f.test_batch_size,
-      eval_step_interval=f.eval_step_interval, random_seed=f.random_seed)
+      eval_step_interval=f.eval_step_interval, random_seed=f.random_seed,
+      class_sampling=f.class_sampling)
   config = RunConfig(
       image_dir=f.image_dir, bottleneck_dir=f.bottleneck_dir,
       output_graph=f.output_graph, output_labels=f.output_labels,
@@ -162,5 +183,8 @@ def to_config(f=FLAGS) -> Tuple[RunConfig, HParams, ModelOptions]:
       validation_percentage=f.validation_percentage,
       final_tensor_name=f.final_tensor_name,
       print_misclassified_test_images=f.print_misclassified_test_images,
-      bottleneck_batch_size=f.bottleneck_batch_size)
+      bottleneck_batch_size=f.bottleneck_batch_size,
+      flip_left_right=f.flip_left_right, random_crop=f.random_crop,
+      random_scale=f.random_scale, random_brightness=f.random_brightness,
+      augmentation_copies=f.augmentation_copies)
   return config, hparams, model

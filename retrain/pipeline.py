@@ -6,10 +6,10 @@ config tuples and calls it.
 
 import dataclasses
 import datetime
+import hashlib
 import os
 import re
 import tempfile
-import time
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -17,13 +17,17 @@ import tensorflow as tf
 from absl import logging
 
 import cache
-from retrain import export, images, train
+from retrain import export, images, report, train
 from retrain.config import HParams, ModelOptions, RunConfig
 from retrain.errors import UserError
+from retrain.progress import Progress
 from retrain.extract import BottleneckExtractor, ImageDecoder
 from retrain.model import FeatureExtractor, load_feature_extractor
 
 tf1 = tf.compat.v1
+
+# Marks augmented copies in training set paths: "<image path>#augmented<k>".
+AUGMENTED_MARK = "#augmented"
 
 # Training images used to calibrate int8 TFLite quantization.
 TFLITE_CALIBRATION_IMAGES = 200
@@ -46,6 +50,8 @@ class RunResult:
   model: Dict[str, object]
   final_weights: np.ndarray  # float32 [D, classes]
   final_biases: np.ndarray  # float32 [classes]
+  report: Optional[Dict[str, object]]  # report.classification_report
+  augmented_computed: int
 
 
 def check_config(config: RunConfig, hparams: HParams) -> None:
@@ -97,6 +103,21 @@ def check_config(config: RunConfig, hparams: HParams) -> None:
   for flag, folder in folders:
     need(bool(folder), f"--{flag} must not be empty")
     _check_writable(flag, folder)
+  need(hparams.class_sampling in train.SAMPLERS,
+       f"--class_sampling={hparams.class_sampling}: must be one of "
+       f"{', '.join(train.SAMPLERS)}")
+  for flag, top in (("random_crop", 100), ("random_scale", 100),
+                    ("random_brightness", 99)):
+    value = getattr(config, flag)
+    need(0 <= value <= top, f"--{flag}={value}: must be a percentage from 0 "
+         f"to {top}")
+  need(config.augmentation_copies >= 0,
+       f"--augmentation_copies={config.augmentation_copies}: must be 0 or "
+       "more")
+  need(not config.augmentation_copies or config.distortions().any(),
+       f"--augmentation_copies={config.augmentation_copies} needs a "
+       "distortion: --flip_left_right, --random_crop, --random_scale or "
+       "--random_brightness")
   need(config.tflite_quantize in export.TFLITE_QUANTIZATIONS,
        f"--tflite_quantize={config.tflite_quantize}: must be one of "
        f"{', '.join(export.TFLITE_QUANTIZATIONS)}")
@@ -136,23 +157,42 @@ def _check_writable(flag: str, folder: str) -> None:
                     "can write to")
 
 
-def _progress_logger(what: str) -> Callable[[int, int], None]:
-  start = time.time()
-  last = [start]
-  def report(done: int, total: int) -> None:
-    now = time.time()
-    if done == total or now - last[0] >= 5:
-      last[0] = now
-      rate = done / max(now - start, 1e-9)
-      logging.info("%s: %d/%d (%.0f images/s)", what, done, total, rate)
-  return report
+def _fill(store: cache.BottleneckCache, refs: Sequence[cache.ImageRef],
+          what: str, make_extractor: Callable[[], BottleneckExtractor]
+          ) -> cache.FillResult:
+  """store.fill with a lazily built extractor and a progress report."""
+  extractors: List[BottleneckExtractor] = []
+  progress: List[Progress] = []
+
+  def compute(missing):
+    if not missing:
+      return iter(())
+    progress.append(Progress(
+        f"{what} ({len(refs) - len(missing)} cached, {len(missing)} new)",
+        len(missing)))
+    extractors.append(make_extractor())
+    return extractors[0].compute(missing)
+
+  try:
+    return store.fill(refs, compute,
+                      lambda done, total: progress[0].update(done))
+  finally:
+    for e in extractors:
+      e.close()
+    for p in progress:
+      p.close()
 
 
 def compute_bottlenecks(image_lists: images.ImageLists, fx: FeatureExtractor,
-                        bottleneck_dir: str, batch_size: int
+                        config: RunConfig, random_seed: int = 0
                         ) -> Tuple[Dict[str, train.LabeledBottlenecks],
-                                   cache.FillResult]:
-  """The bottlenecks of every image, by set, from the cache or computed."""
+                                   cache.FillResult, int]:
+  """The bottlenecks of every image, by set, from the cache or computed.
+
+  With augmentation, the training set also holds `config.copies()` distorted
+  copies of every training image, each cached under its own model tag.
+  Returns (sets, fill result of the originals, augmented vectors computed).
+  """
   refs, truth, category = [], [], []
   for class_index, class_images in enumerate(image_lists.classes):
     for cat in images.CATEGORIES:
@@ -161,22 +201,9 @@ def compute_bottlenecks(image_lists: images.ImageLists, fx: FeatureExtractor,
                                    class_images.dir_name, rel))
         truth.append(class_index)
         category.append(cat)
-  store = cache.BottleneckCache(bottleneck_dir, fx.tag)
-  extractor: List[BottleneckExtractor] = []
-
-  def compute(paths):
-    if not paths:
-      return iter(())
-    logging.info("Computing %d bottlenecks with %s (%d cached)", len(paths),
-                 fx.tag, len(refs) - len(paths))
-    extractor.append(BottleneckExtractor(fx, batch_size))
-    return extractor[0].compute(paths)
-
-  try:
-    result = store.fill(refs, compute, _progress_logger("Bottlenecks"))
-  finally:
-    for e in extractor:
-      e.close()
+  result = _fill(cache.BottleneckCache(config.bottleneck_dir, fx.tag), refs,
+                 "Bottlenecks", lambda: BottleneckExtractor(
+                     fx, config.bottleneck_batch_size))
   truth = np.array(truth, np.int64)
   category = np.array(category)
   sets = {}
@@ -185,7 +212,49 @@ def compute_bottlenecks(image_lists: images.ImageLists, fx: FeatureExtractor,
     sets[cat] = train.LabeledBottlenecks(
         result.vectors[keep], truth[keep],
         [r.path for r, k in zip(refs, keep) if k])
-  return sets, result
+  augmented = 0
+  copies = config.copies()
+  if copies:
+    distortions = config.distortions()
+    train_keep = (category == images.TRAINING) & result.ok
+    train_refs = [r for r, k in zip(refs, train_keep) if k]
+    xs, ys, paths = [sets[images.TRAINING].x], [truth[train_keep]], list(
+        sets[images.TRAINING].paths)
+    for copy in range(1, copies + 1):
+      tag = augmented_tag(fx.tag, distortions, random_seed, copy)
+      filled = _fill(cache.BottleneckCache(config.bottleneck_dir, tag),
+                     train_refs, f"Augmented copy {copy}/{copies}",
+                     lambda copy=copy: BottleneckExtractor(
+                         fx, config.bottleneck_batch_size,
+                         distortions=distortions, copy=copy,
+                         random_seed=random_seed))
+      augmented += filled.computed
+      xs.append(filled.vectors[filled.ok])
+      ys.append(truth[train_keep][filled.ok])
+      paths += [f"{r.path}{AUGMENTED_MARK}{copy}"
+                for r, k in zip(train_refs, filled.ok) if k]
+    sets[images.TRAINING] = train.LabeledBottlenecks(
+        np.concatenate(xs), np.concatenate(ys), paths)
+    logging.info("Augmentation: %d distorted copies of %d training images "
+                 "(%s), %d computed, the rest from cache", copies,
+                 len(train_refs), distortions, augmented)
+  return sets, result, augmented
+
+
+def augmented_tag(tag: str, distortions, random_seed: int, copy: int) -> str:
+  """The cache tag of augmented copy `copy`: model + distortions + seed."""
+  digest = hashlib.sha1(repr((tuple(distortions), random_seed)).encode()
+                        ).hexdigest()[:8]
+  return f"{tag}.aug{copy}-{digest}"
+
+
+def _image_summary(tag: str, image: np.ndarray) -> tf1.Summary:
+  """A TensorBoard image summary of a uint8 [h, w, 3] array."""
+  png = tf.io.encode_png(image).numpy()
+  return tf1.Summary(value=[tf1.Summary.Value(
+      tag=tag, image=tf1.Summary.Image(
+          encoded_image_string=png, height=image.shape[0],
+          width=image.shape[1], colorspace=3))])
 
 
 def _intermediate_exporter(config: RunConfig, fx: FeatureExtractor,
@@ -248,8 +317,8 @@ def run(config: RunConfig, hparams: HParams = HParams(),
                fx.input_tensor, *fx.input_size, fx.bottleneck_tensor,
                fx.bottleneck_size)
 
-  sets, filled = compute_bottlenecks(image_lists, fx, config.bottleneck_dir,
-                                     config.bottleneck_batch_size)
+  sets, filled, augmented = compute_bottlenecks(image_lists, fx, config,
+                                                hparams.random_seed)
   logging.info("Bottlenecks: %d from cache, %d computed, %d skipped",
                filled.from_cache, filled.computed, len(filled.failures))
   for path, reason in filled.failures:
@@ -285,19 +354,31 @@ def run(config: RunConfig, hparams: HParams = HParams(),
                                         tg.graph),
                  tf1.summary.FileWriter(os.path.join(run_dir, "validation"))]
     logging.info("TensorBoard summaries in %s", run_dir)
+  steps = hparams.how_many_training_steps
+  progress = Progress("Training", steps, log_every=0)
+
+  def log_eval(step: int, text: str) -> None:
+    if progress.tty:
+      progress.update(step, text)
+    else:
+      logging.info("Step %d/%d: %s", step, steps, text)
+
   with tf1.Session(graph=tg.graph) as session:
     try:
       history = train.train(
           tg, session, train_set, sets[images.VALIDATION], len(labels),
-          hparams, log=lambda s: logging.info("%s", s),
+          hparams, log=log_eval,
           train_writer=writers[0] if writers else None,
           validation_writer=writers[1] if writers else None,
           on_interval=_intermediate_exporter(config, fx, tg, session,
                                              metadata, outputs),
           store_every=config.intermediate_store_frequency)
-    finally:
+    except BaseException:
       for w in writers:
         w.close()
+      raise
+    finally:
+      progress.close()
     if config.checkpoint_path:
       tg.saver.save(session, config.checkpoint_path, write_meta_graph=False,
                     write_state=False)
@@ -310,21 +391,32 @@ def run(config: RunConfig, hparams: HParams = HParams(),
     weights, biases = train.final_layer(tg, session)
 
   test_accuracy = None
+  evaluation = None
   if len(test_y):
-    predicted = probabilities.argmax(1)
-    test_accuracy = float(np.mean(predicted == test_y))
+    evaluation = report.classification_report(
+        test_y, probabilities.argmax(1), labels, test_paths, probabilities)
+    test_accuracy = evaluation["accuracy"]
     logging.info("Final test accuracy = %.1f%% (N=%d)", test_accuracy * 100,
                  len(test_y))
+    text = report.format_report(evaluation)
+    per_class = text.split("\nConfusion")[0].split("\n", 2)[2]
+    logging.info("Per class:\n%s", per_class.rstrip())
     if config.print_misclassified_test_images:
       logging.info("=== MISCLASSIFIED TEST IMAGES ===")
-      for path, truth, pred, probs in zip(test_paths, test_y, predicted,
-                                          probabilities):
-        if truth != pred:
-          logging.info("%s: true %s, predicted %s (%.3f)", path,
-                       labels[truth], labels[pred], probs[pred])
+      for row in evaluation["misclassified"]:
+        logging.info("%s: true %s, predicted %s (%.3f)", row["image"],
+                     row["true"], row["predicted"], row["probability"])
+    if writers:
+      writers[1].add_summary(_image_summary(
+          "test_confusion_matrix",
+          report.confusion_image(evaluation["confusion_matrix"])), steps)
+    outputs += report.write_reports(
+        os.path.dirname(os.path.abspath(config.output_graph)), evaluation)
   else:
     logging.warning("No test images: the test accuracy is not measured "
                     "(raise --testing_percentage)")
+  for w in writers:
+    w.close()
 
   results = dict(test_accuracy=test_accuracy, test_images=len(test_y),
                  skipped_images=len(filled.failures))
@@ -346,12 +438,13 @@ def run(config: RunConfig, hparams: HParams = HParams(),
              input_scaling=metadata["input_scaling"]))
     outputs.append(config.saved_model_dir)
   if config.tflite_output:
+    originals = [p for p in train_set.paths if AUGMENTED_MARK not in p]
     outputs += _export_tflite(config, fx, labels, weights, biases,
-                              train_set.paths, hparams.random_seed,
+                              originals, hparams.random_seed,
                               dict(common, resize=metadata["resize"]))
   for path in outputs:
     logging.info("Wrote %s", path)
   return RunResult(labels, test_accuracy, test_paths, test_y, probabilities,
                    history, filled.failures, filled.from_cache,
                    filled.computed, sizes, outputs, fx.describe(), weights,
-                   biases)
+                   biases, evaluation, augmented)

@@ -4,7 +4,7 @@ The same ops run when bottlenecks are computed and inside every exported
 graph, so a deployed model sees exactly the pixels training saw.
 """
 
-from typing import Tuple
+from typing import NamedTuple, Tuple
 
 import tensorflow as tf
 
@@ -60,3 +60,53 @@ def decode_batch(contents: tf.Tensor, size: Tuple[int, int]) -> tf.Tensor:
   return tf.map_fn(lambda c: decode_and_resize(c, size), contents,
                    fn_output_signature=tf.TensorSpec([size[0], size[1], 3],
                                                      tf.float32))
+
+
+class Distortions(NamedTuple):
+  """Random distortions of training images (the classic tool's flags).
+
+  random_crop: margin in percent cropped away at random (the image is first
+  enlarged by that margin); random_scale: extra random enlargement up to this
+  percent; random_brightness: multiply pixels by a factor within +-percent;
+  flip_left_right: mirror half of the time.
+  """
+  flip_left_right: bool = False
+  random_crop: int = 0
+  random_scale: int = 0
+  random_brightness: int = 0
+
+  def any(self) -> bool:
+    return bool(self.flip_left_right or self.random_crop or
+                self.random_scale or self.random_brightness)
+
+
+def distort_and_resize(image: tf.Tensor, size: Tuple[int, int],
+                       d: Distortions, seed: tf.Tensor) -> tf.Tensor:
+  """uint8 [h, w, 3] -> float32 [H, W, 3] in [0, 255], randomly distorted.
+
+  Deterministic for a given `seed` (int64 [2]): stateless random ops, so a
+  cached augmented copy can be recomputed exactly.
+  """
+  seeds = tf.random.experimental.stateless_split(seed, 4)
+  image = tf.cast(image, tf.float32)
+  h, w = size
+  if d.random_crop or d.random_scale:
+    scale = (1.0 + d.random_crop / 100.0) * tf.random.stateless_uniform(
+        [], seeds[0], 1.0, 1.0 + d.random_scale / 100.0)
+    enlarged = [tf.cast(tf.math.ceil(scale * h), tf.int32),
+                tf.cast(tf.math.ceil(scale * w), tf.int32)]
+    image = tf.image.resize(image, enlarged, method=RESIZE_METHOD,
+                            antialias=RESIZE_ANTIALIAS)
+    image = tf.image.stateless_random_crop(image, [h, w, 3], seed=seeds[1])
+  else:
+    image = tf.image.resize(image, size, method=RESIZE_METHOD,
+                            antialias=RESIZE_ANTIALIAS)
+  if d.flip_left_right:
+    image = tf.image.stateless_random_flip_left_right(image, seed=seeds[2])
+  if d.random_brightness:
+    image = image * tf.random.stateless_uniform(
+        [], seeds[3], 1.0 - d.random_brightness / 100.0,
+        1.0 + d.random_brightness / 100.0)
+  image = tf.clip_by_value(image, 0.0, 255.0)
+  image.set_shape([h, w, 3])
+  return image

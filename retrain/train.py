@@ -4,11 +4,11 @@ Training data are bottleneck arrays held in memory; each step feeds one
 sampled batch. Sampling (the classic tool's rule, "balanced"): pick a class
 uniformly at random, then an image of that class uniformly at random, with
 replacement, `train_batch_size` times. Small classes are thus seen as often as
-large ones.
+large ones. "proportional" draws images uniformly instead, so classes are seen
+in proportion to their size.
 """
 
 import dataclasses
-import time
 from typing import Callable, List, NamedTuple, Optional, Sequence
 
 import numpy as np
@@ -74,14 +74,14 @@ def build_training_graph(bottleneck_size: int, class_count: int,
       biases = tf.Variable(tf.zeros([class_count]), name="final_biases")
       logits = tf.matmul(bottleneck_input, weights) + biases
     final_tensor = tf.nn.softmax(logits, name=final_tensor_name)
-    with tf.name_scope("cross_entropy"):
+    with tf.name_scope("loss"):
       cross_entropy = tf.reduce_mean(
           tf.nn.sparse_softmax_cross_entropy_with_logits(
               labels=ground_truth, logits=logits))
     with tf.name_scope("train"):
       train_step = tf1.train.GradientDescentOptimizer(
           hparams.learning_rate).minimize(cross_entropy)
-    with tf.name_scope("accuracy"):
+    with tf.name_scope("evaluation"):
       correct = tf.equal(tf.argmax(logits, 1), ground_truth)
       accuracy = tf.reduce_mean(tf.cast(correct, tf.float32))
     summaries = tf1.summary.merge([
@@ -96,6 +96,19 @@ def build_training_graph(bottleneck_size: int, class_count: int,
   return TrainingGraph(graph, bottleneck_input, ground_truth, weights, biases,
                        final_tensor, cross_entropy, accuracy, train_step,
                        summaries, init, saver)
+
+
+class ProportionalSampler:
+  """Draws batches of indices uniformly over all images, with replacement."""
+
+  def __init__(self, labels: np.ndarray, class_count: int,
+               rng: np.random.Generator):
+    del class_count
+    self._n = len(labels)
+    self._rng = rng
+
+  def sample(self, batch_size: int) -> np.ndarray:
+    return self._rng.integers(self._n, size=batch_size)
 
 
 class BalancedSampler:
@@ -117,6 +130,9 @@ class BalancedSampler:
     return self._order[self._starts[k] + offset]
 
 
+SAMPLERS = {"balanced": BalancedSampler, "proportional": ProportionalSampler}
+
+
 def sample_subset(n: int, batch_size: int,
                   rng: np.random.Generator) -> np.ndarray:
   """Indices of `batch_size` distinct items of n (all of them for -1 or >= n)."""
@@ -128,23 +144,23 @@ def sample_subset(n: int, batch_size: int,
 def train(tg: TrainingGraph, session: tf1.Session, train_set: LabeledBottlenecks,
           validation_set: LabeledBottlenecks, class_count: int,
           hparams: HParams,
-          log: Callable[[str], None] = print,
+          log: Callable[[int, str], None] = lambda step, text: None,
           train_writer: Optional[tf1.summary.FileWriter] = None,
           validation_writer: Optional[tf1.summary.FileWriter] = None,
           on_interval: Optional[Callable[[int], None]] = None,
           store_every: int = 0) -> List[EvalPoint]:
   """Runs the SGD loop; returns the evaluations made along the way.
 
-  Every `eval_step_interval` steps (and at the last step) logs train accuracy
-  and cross entropy on the step's batch and accuracy on a validation sample.
+  Every `eval_step_interval` steps (and at the last step) measures train
+  accuracy and cross entropy on the step's batch and accuracy on a
+  validation sample, and calls log(step, text) with them.
   `on_interval(step)` is called every `store_every` steps (if > 0).
   """
   rng = np.random.default_rng(hparams.random_seed)
-  sampler = BalancedSampler(train_set.y, class_count, rng)
+  sampler = SAMPLERS[hparams.class_sampling](train_set.y, class_count, rng)
   session.run(tg.init)
   history = []
   steps = hparams.how_many_training_steps
-  start = time.time()
   for step in range(1, steps + 1):
     idx = sampler.sample(hparams.train_batch_size)
     feed = {tg.bottleneck_input: train_set.x[idx],
@@ -173,9 +189,8 @@ def train(tg: TrainingGraph, session: tf1.Session, train_set: LabeledBottlenecks
                                None if val_acc is None else float(val_acc)))
       val_text = ("n/a (no validation images)" if val_acc is None else
                   f"{val_acc * 100:.1f}% (N={len(vidx)})")
-      log(f"Step {step}/{steps}: train accuracy {acc * 100:.1f}%, cross "
-          f"entropy {xent:.4f}, validation accuracy {val_text} "
-          f"[{time.time() - start:.1f}s]")
+      log(step, f"train accuracy {acc * 100:.1f}%, cross entropy "
+          f"{xent:.4f}, validation accuracy {val_text}")
     if on_interval and store_every > 0 and step % store_every == 0:
       on_interval(step)
   return history

@@ -102,8 +102,9 @@ def _images(tmp_path, n):
 
 
 def _fake_compute(calls):
-  def compute(paths):
-    calls.append(list(paths))
+  def compute(refs):
+    paths = [r.path for r in refs]
+    calls.append(paths)
     for i, p in enumerate(paths):
       if p.endswith("3.jpg"):
         yield i, None, "cannot decode it"

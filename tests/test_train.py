@@ -39,7 +39,7 @@ def _fit(hparams, train_set, val_set):
   tg = train.build_training_graph(train_set.x.shape[1], 3, hparams)
   with tf.compat.v1.Session(graph=tg.graph) as sess:
     history = train.train(tg, sess, train_set, val_set, 3, hparams,
-                          log=lambda s: None)
+                          log=lambda step, text: None)
     return history, train.predict(tg, sess, val_set.x), train.final_layer(
         tg, sess)
 
@@ -73,3 +73,19 @@ def test_empty_validation_set_is_reported_not_fatal():
   hp = HParams(how_many_training_steps=20, eval_step_interval=10)
   history, _, _ = _fit(hp, _blobs(100), empty)
   assert [h.validation_accuracy for h in history] == [None, None]
+
+
+def test_proportional_sampler_follows_class_sizes():
+  labels = np.array([0] * 900 + [1] * 90 + [2] * 10)
+  sampler = train.SAMPLERS["proportional"](labels, 3,
+                                           np.random.default_rng(0))
+  counts = np.bincount(labels[sampler.sample(50000)], minlength=3)
+  np.testing.assert_allclose(counts / 50000, [0.9, 0.09, 0.01], atol=0.01)
+
+
+def test_class_sampling_changes_training():
+  hp = HParams(how_many_training_steps=30, eval_step_interval=10)
+  a = _fit(hp, _blobs(300), _blobs(60, seed=1))
+  b = _fit(hp._replace(class_sampling="proportional"), _blobs(300),
+           _blobs(60, seed=1))
+  assert not np.array_equal(a[1], b[1])

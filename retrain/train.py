@@ -9,7 +9,7 @@ in proportion to their size.
 """
 
 import dataclasses
-from typing import Callable, List, NamedTuple, Optional, Sequence
+from typing import Callable, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -41,9 +41,18 @@ class TrainingGraph(NamedTuple):
   cross_entropy: tf.Tensor  # scalar
   accuracy: tf.Tensor  # scalar
   train_step: tf.Operation
-  summaries: tf.Tensor
+  summaries: tf.Tensor  # scalars of the two values below
+  summary_cross_entropy: tf.Tensor  # placeholder float32 []
+  summary_accuracy: tf.Tensor  # placeholder float32 []
+  histograms: tf.Tensor  # of the weights and biases
   init: tf.Operation
   saver: tf1.train.Saver
+  # Many SGD steps in one session.run, on training data held in the graph:
+  train_x: tf.Tensor  # placeholder float32 [n, D], fed once to load_data
+  train_y: tf.Tensor  # placeholder int64 [n]
+  load_data: tf.Operation
+  step_indices: tf.Tensor  # placeholder int32 [steps, batch]
+  run_steps: Tuple[tf.Tensor, tf.Tensor]  # last batch's (xent, accuracy)
 
 
 class EvalPoint(NamedTuple):
@@ -72,30 +81,68 @@ def build_training_graph(bottleneck_size: int, class_count: int,
           tf1.truncated_normal([bottleneck_size, class_count], stddev=0.001),
           name="final_weights")
       biases = tf.Variable(tf.zeros([class_count]), name="final_biases")
-      logits = tf.matmul(bottleneck_input, weights) + biases
+    optimizer = tf1.train.GradientDescentOptimizer(hparams.learning_rate)
+
+    def metrics(x, y):
+      """(logits, cross entropy, accuracy) of bottlenecks x, labels y."""
+      logits = tf.matmul(x, weights) + biases
+      xent = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
+          labels=y, logits=logits))
+      correct = tf.equal(tf.argmax(logits, 1), y)
+      return logits, xent, tf.reduce_mean(tf.cast(correct, tf.float32))
+
+    logits, cross_entropy, accuracy = metrics(bottleneck_input, ground_truth)
     final_tensor = tf.nn.softmax(logits, name=final_tensor_name)
-    with tf.name_scope("loss"):
-      cross_entropy = tf.reduce_mean(
-          tf.nn.sparse_softmax_cross_entropy_with_logits(
-              labels=ground_truth, logits=logits))
     with tf.name_scope("train"):
-      train_step = tf1.train.GradientDescentOptimizer(
-          hparams.learning_rate).minimize(cross_entropy)
-    with tf.name_scope("evaluation"):
-      correct = tf.equal(tf.argmax(logits, 1), ground_truth)
-      accuracy = tf.reduce_mean(tf.cast(correct, tf.float32))
+      train_step = optimizer.minimize(cross_entropy)
+    # TensorBoard: one scalar summary fed the measured values, written to
+    # the train and the validation writer alike, so both show the same tags.
+    with tf.name_scope("summary_values"):
+      summary_xent = tf1.placeholder(tf.float32, [], "cross_entropy")
+      summary_acc = tf1.placeholder(tf.float32, [], "accuracy")
     summaries = tf1.summary.merge([
-        tf1.summary.scalar("cross_entropy", cross_entropy),
-        tf1.summary.scalar("accuracy", accuracy),
+        tf1.summary.scalar("cross_entropy", summary_xent),
+        tf1.summary.scalar("accuracy", summary_acc),
+    ])
+    histograms = tf1.summary.merge([
         tf1.summary.histogram("final_weights", weights),
         tf1.summary.histogram("final_biases", biases),
     ])
+
+    # The fast path: training data live in the graph and a while loop runs
+    # one SGD step per row of step_indices, so a whole evaluation interval
+    # costs one session.run. Each step's metrics are measured on its batch
+    # before its update; the loop returns the last step's.
+    with tf.name_scope("train_data"):
+      train_x = tf1.placeholder(tf.float32, [None, bottleneck_size], "x")
+      train_y = tf1.placeholder(tf.int64, [None], "y")
+      data_x = tf1.Variable(train_x, trainable=False, validate_shape=False,
+                            collections=[], name="data_x")
+      data_y = tf1.Variable(train_y, trainable=False, validate_shape=False,
+                            collections=[], name="data_y")
+      load_data = tf.group(data_x.initializer, data_y.initializer)
+      step_indices = tf1.placeholder(tf.int32, [None, None], "step_indices")
+
+    def body(i, unused_xent, unused_acc):
+      rows = step_indices[i]
+      _, xent, acc = metrics(tf.gather(data_x, rows), tf.gather(data_y, rows))
+      with tf.control_dependencies([xent, acc]):
+        update = optimizer.minimize(xent)
+      with tf.control_dependencies([update]):
+        return i + 1, tf.identity(xent), tf.identity(acc)
+
+    _, last_xent, last_acc = tf1.while_loop(
+        lambda i, *_: i < tf.shape(step_indices)[0], body,
+        [tf.constant(0), tf.constant(0.0), tf.constant(0.0)],
+        name="train_steps")
     init = tf1.global_variables_initializer()
     saver = tf1.train.Saver([weights, biases])
   graph.finalize()
   return TrainingGraph(graph, bottleneck_input, ground_truth, weights, biases,
                        final_tensor, cross_entropy, accuracy, train_step,
-                       summaries, init, saver)
+                       summaries, summary_xent, summary_acc, histograms, init,
+                       saver, train_x, train_y, load_data, step_indices,
+                       (last_xent, last_acc))
 
 
 class ProportionalSampler:
@@ -159,40 +206,46 @@ def train(tg: TrainingGraph, session: tf1.Session, train_set: LabeledBottlenecks
   rng = np.random.default_rng(hparams.random_seed)
   sampler = SAMPLERS[hparams.class_sampling](train_set.y, class_count, rng)
   session.run(tg.init)
+  session.run(tg.load_data, {tg.train_x: train_set.x, tg.train_y: train_set.y})
   history = []
   steps = hparams.how_many_training_steps
-  for step in range(1, steps + 1):
-    idx = sampler.sample(hparams.train_batch_size)
-    feed = {tg.bottleneck_input: train_set.x[idx],
-            tg.ground_truth: train_set.y[idx]}
-    is_eval = step % hparams.eval_step_interval == 0 or step == steps
-    if not is_eval:
-      session.run(tg.train_step, feed)
-    else:
-      # Metrics of the batch before this step's update, as the classic tool.
-      acc, xent, summary = session.run(
-          [tg.accuracy, tg.cross_entropy, tg.summaries], feed)
-      session.run(tg.train_step, feed)
+  interval = hparams.eval_step_interval
+  if on_interval and store_every > 0:
+    interval = int(np.gcd(interval, store_every))
+  done = 0
+  while done < steps:
+    chunk = min(interval - done % interval, steps - done)
+    indices = np.stack([sampler.sample(hparams.train_batch_size)
+                        for _ in range(chunk)]).astype(np.int32)
+    done += chunk
+    is_eval = done % hparams.eval_step_interval == 0 or done == steps
+    xent, acc = session.run(tg.run_steps, {tg.step_indices: indices})
+    if is_eval:
+      if train_writer:
+        for summary in session.run(
+            [tg.summaries, tg.histograms],
+            {tg.summary_cross_entropy: xent, tg.summary_accuracy: acc}):
+          train_writer.add_summary(summary, done)
       val_acc = None
       if len(validation_set):
         vidx = sample_subset(len(validation_set),
                              hparams.validation_batch_size, rng)
-        val_acc, val_summary = session.run(
-            [tg.accuracy, tg.summaries],
+        val_xent, val_acc = session.run(
+            [tg.cross_entropy, tg.accuracy],
             {tg.bottleneck_input: validation_set.x[vidx],
              tg.ground_truth: validation_set.y[vidx]})
         if validation_writer:
-          validation_writer.add_summary(val_summary, step)
-      if train_writer:
-        train_writer.add_summary(summary, step)
-      history.append(EvalPoint(step, float(acc), float(xent),
+          validation_writer.add_summary(session.run(
+              tg.summaries, {tg.summary_cross_entropy: val_xent,
+                             tg.summary_accuracy: val_acc}), done)
+      history.append(EvalPoint(done, float(acc), float(xent),
                                None if val_acc is None else float(val_acc)))
       val_text = ("n/a (no validation images)" if val_acc is None else
                   f"{val_acc * 100:.1f}% (N={len(vidx)})")
-      log(step, f"train accuracy {acc * 100:.1f}%, cross entropy "
+      log(done, f"train accuracy {acc * 100:.1f}%, cross entropy "
           f"{xent:.4f}, validation accuracy {val_text}")
-    if on_interval and store_every > 0 and step % store_every == 0:
-      on_interval(step)
+    if on_interval and store_every > 0 and done % store_every == 0:
+      on_interval(done)
   return history
 
 

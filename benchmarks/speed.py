@@ -1,0 +1,193 @@
+"""Where the time goes, measured side by side in one run.
+
+  python benchmarks/speed.py [--image_dir=DIR] [--graph=PB | --tfhub_module=DIR]
+                             [--classic=PATH/TO/retrain.py]
+
+Prints, for one image folder and model: the model's raw forward throughput on
+pre-decoded batches and the decode throughput (their limit for extraction is
+min(forward, decode x cores)), retrain's end-to-end extraction throughput
+(cold cache) as a share of that limit, the warm cache load time, the time of
+4000 training steps, the whole command's wall time cold and warm beside the
+TensorFlow import time, and peak RSS. With --classic, TensorFlow's classic
+frozen-graph retrain.py (tensorflow-for-poets, --architecture given by
+--classic_architecture) runs on the same images under a tf.compat.v1 alias,
+and the ratios are printed.
+"""
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # pylint: disable=g-import-not-at-top
+
+from absl import app, flags  # pylint: disable=g-import-not-at-top
+
+flags.DEFINE_string("image_dir", None, "Photo folder (default: shared dev "
+                    "flowers).")
+flags.DEFINE_string("graph", None, "Frozen graph (default: shared "
+                    "mobilenet_v1_025_128).")
+flags.DEFINE_string("tfhub_module", None, "TF-Hub module folder instead.")
+flags.DEFINE_string("classic", None, "Path to the classic retrain.py.")
+flags.DEFINE_string("classic_architecture", "mobilenet_0.25_224",
+                    "--architecture for the classic tool.")
+flags.DEFINE_integer("batch_size", 64, "CNN batch for the forward test.")
+FLAGS = flags.FLAGS
+
+_SHIM = ("import sys, tensorflow.compat.v1 as tf; tf.disable_v2_behavior(); "
+         "sys.modules['tensorflow'] = tf; sys.argv = sys.argv[1:]; "
+         "exec(compile(open(sys.argv[0]).read(), sys.argv[0], 'exec'), "
+         "{'__name__': '__main__'})")
+
+
+# Runs a Python command line and writes its peak RSS (KB) to $RSS_OUT.
+_RSS_WRAPPER = (
+    "import atexit, os, resource, runpy, sys\n"
+    "atexit.register(lambda: open(os.environ['RSS_OUT'], 'w').write(str("
+    "resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)))\n"
+    "sys.argv = sys.argv[1:]\n"
+    "if sys.argv[0] == '-m':\n"
+    "  sys.argv = sys.argv[1:]; runpy.run_module(sys.argv[0], "
+    "run_name='__main__', alter_sys=True)\n"
+    "elif sys.argv[0] == '-c':\n"
+    "  code = sys.argv[1]; sys.argv = ['-c'] + sys.argv[2:]; exec(code)\n")
+
+
+def _child_run(args, env=None):
+  """(wall seconds, peak RSS MB) of `python ARGS...` in a fresh process."""
+  assert args[0] == sys.executable
+  rss_file = tempfile.mktemp(prefix="retrain_rss_")
+  env = dict(env or os.environ, RSS_OUT=rss_file)
+  start = time.perf_counter()
+  proc = subprocess.run([sys.executable, "-c", _RSS_WRAPPER, *args[1:]],
+                        capture_output=True, text=True, env=env,
+                        cwd=common.REPO)
+  wall = time.perf_counter() - start
+  if proc.returncode != 0:
+    raise SystemExit(f"{args[:4]} failed:\n{proc.stderr[-3000:]}")
+  with open(rss_file) as f:
+    peak = int(f.read()) / 1024
+  os.remove(rss_file)
+  return wall, peak
+
+
+def main(_):
+  from retrain import cli  # pylint: disable=g-import-not-at-top
+  cli.quiet_tensorflow()
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from retrain import images, model, pipeline, train
+  from retrain.config import HParams, ModelOptions, RunConfig
+  from retrain.extract import BottleneckExtractor, ImageDecoder
+  shared = common.shared_dir()
+  image_dir = FLAGS.image_dir or os.path.join(shared, "datasets",
+                                              "flower_photos_dev")
+  if FLAGS.tfhub_module:
+    options = ModelOptions(tfhub_module=FLAGS.tfhub_module)
+    model_args = [f"--tfhub_module={FLAGS.tfhub_module}"]
+  else:
+    graph = FLAGS.graph or os.path.join(shared, "models",
+                                        "mobilenet_v1_025_128",
+                                        "frozen_graph.pb")
+    options = ModelOptions(graph=graph, tfhub_module="")
+    model_args = [f"--graph={graph}"]
+  fx = model.load_feature_extractor(options)
+  lists = images.list_images(image_dir, 10, 10)
+  paths = [lists.path(c, rel) for c in lists.classes
+           for cat in images.CATEGORIES for rel in c.images(cat)]
+  cores = os.cpu_count() or 1
+  work = tempfile.mkdtemp(prefix="retrain_speed_")
+  rows = []
+
+  # Decode throughput, one thread; then the raw forward pass on batches.
+  decoder = ImageDecoder(fx.input_size)
+  decoded = []
+  start = time.perf_counter()
+  for p in paths:
+    decoded.append(decoder.decode(p)[0])
+  decode_rate = len(paths) / (time.perf_counter() - start)
+  decoder.close()
+  batch = np.stack(decoded[:FLAGS.batch_size])
+  with BottleneckExtractor(fx) as extractor:
+    extractor.bottlenecks(batch)
+    start = time.perf_counter()
+    n = 0
+    while time.perf_counter() - start < 3 or n < len(paths):
+      extractor.bottlenecks(batch)
+      n += len(batch)
+    forward_rate = n / (time.perf_counter() - start)
+  limit = min(forward_rate, decode_rate * cores)
+  rows.append(["raw forward, pre-decoded batches", f"{forward_rate:.0f}/s",
+               ""])
+  rows.append([f"decode + resize, 1 thread (x {cores} cores)",
+               f"{decode_rate:.0f}/s", f"{decode_rate * cores:.0f}/s"])
+  rows.append(["extraction limit", f"{limit:.0f}/s", ""])
+
+  # End-to-end extraction, cold cache, then the warm load.
+  config = RunConfig(image_dir=image_dir,
+                     bottleneck_dir=os.path.join(work, "bn"))
+  start = time.perf_counter()
+  sets, filled, _ = pipeline.compute_bottlenecks(lists, fx, config)
+  cold = time.perf_counter() - start
+  rows.append(["retrain extraction, cold cache",
+               f"{filled.computed / cold:.0f}/s",
+               f"{filled.computed / cold / limit * 100:.0f}% of limit"])
+  start = time.perf_counter()
+  sets, filled, _ = pipeline.compute_bottlenecks(lists, fx, config)
+  rows.append(["warm cache load", f"{time.perf_counter() - start:.2f} s",
+               f"{len(paths)} files"])
+
+  hp = HParams()
+  tg = train.build_training_graph(fx.bottleneck_size, len(lists.classes), hp)
+  with tf.compat.v1.Session(graph=tg.graph) as sess:
+    start = time.perf_counter()
+    train.train(tg, sess, sets["training"], sets["validation"],
+                len(lists.classes), hp)
+    rows.append([f"{hp.how_many_training_steps} training steps",
+                 f"{time.perf_counter() - start:.2f} s", ""])
+
+  # Whole commands, each in a fresh process.
+  env = dict(os.environ, PYTHONPATH=common.REPO)
+  env.pop("TF_CPP_MIN_LOG_LEVEL", None)
+  import_time, _ = _child_run([sys.executable, "-c", "import tensorflow"],
+                              env)
+  command = [sys.executable, "-m", "retrain", f"--image_dir={image_dir}",
+             *model_args, f"--bottleneck_dir={work}/cmd_bn",
+             f"--output_graph={work}/out/graph.pb",
+             f"--output_labels={work}/out/labels.txt",
+             f"--summaries_dir={work}/summaries",
+             f"--checkpoint_path={work}/ckpt/c"]
+  cold_wall, cold_rss = _child_run(command, env)
+  warm_wall, warm_rss = _child_run(command, env)
+  rows.append(["TensorFlow import", f"{import_time:.1f} s", ""])
+  rows.append(["whole command, cold cache", f"{cold_wall:.1f} s",
+               f"peak RSS {cold_rss:.0f} MB"])
+  rows.append(["whole command, warm cache", f"{warm_wall:.1f} s",
+               f"import + {warm_wall - import_time:.1f} s; peak RSS "
+               f"{warm_rss:.0f} MB"])
+  if FLAGS.classic:
+    classic_work = os.path.join(work, "classic")
+    classic_wall, classic_rss = _child_run(
+        [sys.executable, "-c", _SHIM, FLAGS.classic,
+         f"--image_dir={image_dir}",
+         f"--architecture={FLAGS.classic_architecture}",
+         f"--bottleneck_dir={classic_work}/bn",
+         f"--model_dir={os.path.dirname(model_args[0].split('=', 1)[1])}",
+         f"--output_graph={classic_work}/graph.pb",
+         f"--output_labels={classic_work}/labels.txt",
+         f"--summaries_dir={classic_work}/summaries"], env)
+    rows.append(["classic retrain.py, cold", f"{classic_wall:.1f} s",
+                 f"retrain is {classic_wall / cold_wall:.1f}x faster cold, "
+                 f"{classic_wall / warm_wall:.1f}x warm; peak RSS "
+                 f"{classic_rss:.0f} MB"])
+  shutil.rmtree(work, ignore_errors=True)
+  print(f"\n{len(paths)} images, model {fx.source} "
+        f"({fx.input_size[0]}x{fx.input_size[1]}), {cores} cores:\n")
+  print(common.table(rows, ["measure", "value", "note"]))
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -39,14 +39,10 @@ def main(_):
   cli.quiet_tensorflow()
   import numpy as np  # pylint: disable=g-import-not-at-top
   from retrain import images, model, pipeline, preprocess
-  from retrain.config import HParams, ModelOptions, RunConfig
+  from retrain.config import HParams, RunConfig
   from retrain.extract import BottleneckExtractor, augmentation_seed
-  shared = common.shared_dir()
-  image_dir = FLAGS.image_dir or os.path.join(shared, "datasets",
-                                              "flower_photos_dev")
-  options = ModelOptions(graph=FLAGS.graph or os.path.join(
-      shared, "models", "mobilenet_v1_025_128", "frozen_graph.pb"),
-                         tfhub_module="")
+  image_dir = common.dev_images(FLAGS.image_dir)
+  options, _ = common.model_choice(FLAGS.graph)
   hparams = HParams(how_many_training_steps=FLAGS.steps)
   work = tempfile.mkdtemp(prefix="retrain_aug_bench_")
   base = RunConfig(image_dir=image_dir, summaries_dir="", checkpoint_path="",

@@ -29,3 +29,23 @@ def table(rows, header) -> str:
   return "\n".join([line(header),
                     "|" + "|".join("-" * (w + 2) for w in widths) + "|"] +
                    [line(r) for r in rows])
+
+
+def dev_images(image_dir=None) -> str:
+  """The image folder to measure: the flag's, or the shared dev flowers."""
+  return image_dir or os.path.join(shared_dir(), "datasets",
+                                   "flower_photos_dev")
+
+
+def model_choice(graph=None, tfhub_module=None):
+  """(ModelOptions, the matching command-line flags) for the model to use.
+
+  Default: the shared MobileNet v1 0.25/128 frozen graph.
+  """
+  from retrain.config import ModelOptions  # pylint: disable=g-import-not-at-top
+  if tfhub_module:
+    return (ModelOptions(tfhub_module=tfhub_module),
+            [f"--tfhub_module={tfhub_module}"])
+  graph = graph or os.path.join(shared_dir(), "models",
+                                "mobilenet_v1_025_128", "frozen_graph.pb")
+  return ModelOptions(graph=graph, tfhub_module=""), [f"--graph={graph}"]

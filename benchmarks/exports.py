@@ -34,17 +34,10 @@ def main(_):
   cli.quiet_tensorflow()
   import numpy as np  # pylint: disable=g-import-not-at-top
   from retrain import pipeline  # pylint: disable=g-import-not-at-top
-  from retrain.config import HParams, ModelOptions, RunConfig
+  from retrain.config import HParams, RunConfig
   from retrain.label_image import load_classifier
-  shared = common.shared_dir()
-  image_dir = FLAGS.image_dir or os.path.join(shared, "datasets",
-                                              "flower_photos_dev")
-  if FLAGS.tfhub_module:
-    options = ModelOptions(tfhub_module=FLAGS.tfhub_module)
-  else:
-    options = ModelOptions(graph=FLAGS.graph or os.path.join(
-        shared, "models", "mobilenet_v1_025_128", "frozen_graph.pb"),
-                           tfhub_module="")
+  image_dir = common.dev_images(FLAGS.image_dir)
+  options, _ = common.model_choice(FLAGS.graph, FLAGS.tfhub_module)
   work = FLAGS.work_dir or tempfile.mkdtemp(prefix="retrain_bench_")
   base = RunConfig(image_dir=image_dir,
                    bottleneck_dir=os.path.join(work, "bottlenecks"),

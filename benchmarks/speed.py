@@ -80,20 +80,10 @@ def main(_):
   import numpy as np  # pylint: disable=g-import-not-at-top
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from retrain import images, model, pipeline, train
-  from retrain.config import HParams, ModelOptions, RunConfig
+  from retrain.config import HParams, RunConfig
   from retrain.extract import BottleneckExtractor, ImageDecoder
-  shared = common.shared_dir()
-  image_dir = FLAGS.image_dir or os.path.join(shared, "datasets",
-                                              "flower_photos_dev")
-  if FLAGS.tfhub_module:
-    options = ModelOptions(tfhub_module=FLAGS.tfhub_module)
-    model_args = [f"--tfhub_module={FLAGS.tfhub_module}"]
-  else:
-    graph = FLAGS.graph or os.path.join(shared, "models",
-                                        "mobilenet_v1_025_128",
-                                        "frozen_graph.pb")
-    options = ModelOptions(graph=graph, tfhub_module="")
-    model_args = [f"--graph={graph}"]
+  image_dir = common.dev_images(FLAGS.image_dir)
+  options, model_args = common.model_choice(FLAGS.graph, FLAGS.tfhub_module)
   fx = model.load_feature_extractor(options)
   lists = images.list_images(image_dir, 10, 10)
   paths = [lists.path(c, rel) for c in lists.classes

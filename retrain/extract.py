@@ -50,7 +50,10 @@ class ImageDecoder:
         self._decoded = preprocess.decode_and_resize(self._contents,
                                                      self.size)
     self.graph.finalize()
-    self.session = tf1.Session(graph=self.graph)
+    # One thread per decode: images are decoded in parallel by the callers'
+    # threads, and nested thread pools would only contend for the cores.
+    self.session = tf1.Session(graph=self.graph, config=tf1.ConfigProto(
+        intra_op_parallelism_threads=1, inter_op_parallelism_threads=1))
 
   def close(self) -> None:
     self.session.close()

@@ -441,7 +441,8 @@ def run(config: RunConfig, hparams: HParams = HParams(),
     originals = [p for p in train_set.paths if AUGMENTED_MARK not in p]
     outputs += _export_tflite(config, fx, labels, weights, biases,
                               originals, hparams.random_seed,
-                              dict(common, resize=metadata["resize"]))
+                              dict(common, resize=metadata["resize"],
+                                   input_scaling=metadata["input_scaling"]))
   for path in outputs:
     logging.info("Wrote %s", path)
   return RunResult(labels, test_accuracy, test_paths, test_y, probabilities,

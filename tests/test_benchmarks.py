@@ -1,0 +1,31 @@
+"""The benchmark scripts still run (tiny settings; numbers not asserted)."""
+
+import os
+import subprocess
+import sys
+
+from tests import helpers
+
+
+def _run(script, args):
+  env = dict(os.environ, PYTHONPATH=helpers.REPO)
+  proc = subprocess.run([sys.executable, os.path.join(helpers.REPO,
+                                                      "benchmarks", script),
+                         *args], capture_output=True, text=True, env=env,
+                        cwd=helpers.REPO, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return proc.stdout
+
+
+def test_augmentation_benchmark_prints_its_table(shared):
+  out = _run("augmentation.py", ["--steps=20", "--classic_steps=1",
+                                 "--copies=1"])
+  assert "cached augmentation, 1 copies (cold cache)" in out
+  assert "faster than on-the-fly distortion" in out
+
+
+def test_exports_benchmark_prints_every_export(shared, tmp_path):
+  out = _run("exports.py", [f"--work_dir={tmp_path}"])
+  for name in ("frozen graph", "SavedModel", "TFLite none", "TFLite dynamic",
+               "TFLite int8"):
+    assert f"| {name} " in out

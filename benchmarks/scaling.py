@@ -13,7 +13,6 @@ whole warm run over them: load, 4000 training steps, export.
 import json
 import os
 import random
-import resource
 import subprocess
 import sys
 import tempfile

@@ -3,8 +3,6 @@
 Exit status: 0 done, 2 bad input (one line on stderr), 130 interrupted.
 """
 
-from absl import app
-
 from retrain import cli
 from retrain import flags as retrain_flags
 

@@ -5,7 +5,7 @@ Pure numpy (matplotlib optional, for a PNG): testable without a session.
 
 import json
 import os
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 

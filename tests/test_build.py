@@ -83,3 +83,14 @@ def test_shared_tests_fail_without_shared_under_ci(tmp_path):
   local = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True,
                          env=dict(base, CI="false"))
   assert local.returncode == 0 and "skipped" in local.stdout, local.stdout
+
+
+def test_readme_documents_every_flag():
+  with open(os.path.join(REPO, "README.md"), encoding="utf-8") as f:
+    readme = f.read()
+  for module in ("retrain/flags.py", "retrain/label_image.py"):
+    with open(os.path.join(REPO, module), encoding="utf-8") as f:
+      names = re.findall(r'DEFINE_\w+\(\s*"(\w+)"', f.read())
+    assert names, module
+    missing = [n for n in names if f"--{n}" not in readme]
+    assert not missing, f"{module} flags missing from README.md: {missing}"

@@ -7,7 +7,6 @@ import pytest
 
 import cache
 from cache import format as fmt
-from cache import naming
 
 
 def test_bottleneck_path_mirrors_classes_and_names_the_model():

@@ -1,5 +1,6 @@
 """Killed runs, concurrent runs and stray writes: nothing is lost or corrupt."""
 
+import importlib.util
 import os
 import signal
 import subprocess
@@ -31,11 +32,7 @@ def _args(image_dir, graph, bottleneck_dir, out, steps=1, extra=()):
 
 
 def _has_matplotlib():
-  try:
-    import matplotlib  # pylint: disable=g-import-not-at-top,unused-import
-    return True
-  except ImportError:
-    return False
+  return importlib.util.find_spec("matplotlib") is not None
 
 
 def _popen(args, **kw):

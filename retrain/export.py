@@ -4,8 +4,9 @@ Every exported graph takes either
 
   image:0        float32 [batch, H, W, 3], RGB pixels in [0, 255], already
                  resized to H x W (the model's scaling is inside the graph), or
-  image_bytes:0  string [batch], encoded JPEG/PNG/GIF/BMP files, decoded and
-                 resized inside the graph exactly as during training,
+  image_bytes:0  string [batch], encoded JPEG/PNG/GIF/BMP/WebP files,
+                 decoded and resized inside the graph exactly as during
+                 training,
 
 and returns final_result:0, float32 [batch, classes], softmax probabilities
 in the order of the labels file. Every file is written atomically.
@@ -215,7 +216,8 @@ def io_description(fx: FeatureExtractor,
                               "happens inside the graph")},
           "image_bytes": {
               "name": BYTES_INPUT + ":0", "dtype": "string", "shape": [None],
-              "description": ("encoded JPEG, PNG, GIF or BMP files; decoded "
+              "description": ("encoded JPEG, PNG, GIF, BMP or WebP files; "
+                              "decoded "
                               f"to RGB and resized to {h}x{w} inside the "
                               "graph")},
       },

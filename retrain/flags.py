@@ -18,7 +18,7 @@ _R = RunConfig(image_dir="")
 
 # Data.
 flags.DEFINE_string("image_dir", "", "Folder with one sub-folder of images per "
-                    "class (JPEG, PNG, GIF, BMP).")
+                    "class (JPEG, PNG, GIF, BMP, WebP).")
 flags.DEFINE_integer("testing_percentage", _R.testing_percentage,
                      "Percentage of images in the test set.")
 flags.DEFINE_integer("validation_percentage", _R.validation_percentage,

@@ -17,7 +17,7 @@ from typing import Dict, List, Sequence, Tuple
 from retrain.errors import UserError
 
 # File name endings read as images, compared case-insensitively.
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp")
 
 # The classic tool's bucket count for the hash split; keep it so the split is
 # the same as the classic tool's for the same file names.

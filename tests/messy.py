@@ -63,6 +63,7 @@ def make_messy_folder(root: str, photos: Sequence[str],
   put("mixed/animated.gif", _save(frames[0], "GIF", save_all=True,
                                   append_images=frames[1:]))
   put("mixed/bitmap.BMP", _save(ims[9], "BMP"))
+  put("mixed/real.webp", _save(ims[9].rotate(90), "WEBP"))
   put("mixed/nested/deeper/inside.jpg", _save(ims[10], "JPEG"))
   # Class "names": real photos under awkward names, plus files to ignore.
   for i, name in enumerate(["with space.jpg", "ünïcödé 写真.jpg",

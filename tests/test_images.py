@@ -66,6 +66,7 @@ def test_list_images_layout(tmp_path):
     _touch(str(root / "Cats" / f"c{i}.JPG"))
     _touch(str(root / "dogs" / f"d{i}.png"))
   _touch(str(root / "dogs" / "nested" / "deep" / "n.jpeg"))
+  _touch(str(root / "dogs" / "w.WebP"))
   _touch(str(root / "dogs" / ".hidden.jpg"))
   _touch(str(root / "dogs" / ".cache" / "h.jpg"))
   _touch(str(root / "dogs" / "notes.txt"))
@@ -74,7 +75,7 @@ def test_list_images_layout(tmp_path):
   lists = images.list_images(str(root), 10, 10)
   assert lists.labels == ["cats", "dogs"]
   dogs = lists.classes[1]
-  assert len(dogs) == 26
+  assert len(dogs) == 27
   all_dogs = dogs.training + dogs.validation + dogs.testing
   assert "nested/deep/n.jpeg" in all_dogs
   assert not any("hidden" in p or ".cache" in p for p in all_dogs)

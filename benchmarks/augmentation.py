@@ -20,10 +20,8 @@ import common  # pylint: disable=g-import-not-at-top
 
 from absl import app, flags  # pylint: disable=g-import-not-at-top
 
-flags.DEFINE_string("image_dir", None, "Photo folder (default: shared dev "
-                    "flowers).")
-flags.DEFINE_string("graph", None, "Frozen graph (default: shared "
-                    "mobilenet_v1_025_128).")
+common.define_model_flags(tfhub=False)
+
 flags.DEFINE_integer("steps", 4000, "Training steps of both runs.")
 flags.DEFINE_integer("classic_steps", 10, "Steps actually timed for the "
                      "on-the-fly way (then scaled to --steps).")

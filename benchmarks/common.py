@@ -49,3 +49,14 @@ def model_choice(graph=None, tfhub_module=None):
   graph = graph or os.path.join(shared_dir(), "models",
                                 "mobilenet_v1_025_128", "frozen_graph.pb")
   return ModelOptions(graph=graph, tfhub_module=""), [f"--graph={graph}"]
+
+
+def define_model_flags(tfhub: bool = True) -> None:
+  """--image_dir, --graph (and --tfhub_module): what the benchmarks measure."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  flags.DEFINE_string("image_dir", None, "Photo folder (default: shared dev "
+                      "flowers).")
+  flags.DEFINE_string("graph", None, "Frozen graph (default: shared "
+                      "mobilenet_v1_025_128).")
+  if tfhub:
+    flags.DEFINE_string("tfhub_module", None, "TF-Hub module folder instead.")

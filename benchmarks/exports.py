@@ -19,11 +19,8 @@ import common  # pylint: disable=g-import-not-at-top
 
 from absl import app, flags  # pylint: disable=g-import-not-at-top
 
-flags.DEFINE_string("image_dir", None, "Photo folder (default: shared dev "
-                    "flowers).")
-flags.DEFINE_string("graph", None, "Frozen graph (default: shared "
-                    "mobilenet_v1_025_128).")
-flags.DEFINE_string("tfhub_module", None, "TF-Hub module folder instead.")
+common.define_model_flags(tfhub=True)
+
 flags.DEFINE_string("work_dir", None, "Where outputs and cache go (default: "
                     "a temporary folder).")
 FLAGS = flags.FLAGS

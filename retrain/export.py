@@ -174,12 +174,11 @@ def tflite_model(fx: FeatureExtractor, weights: np.ndarray,
 def write_tflite(path: str, flatbuffer: bytes, labels: Sequence[str],
                  metadata: Dict[str, object]) -> None:
   """The .tflite file, its labels (<stem>.labels.txt) and JSON (<stem>.json)."""
-  stem = os.path.splitext(path)[0]
-  labels_path = stem + ".labels.txt"
+  labels_path = os.path.splitext(path)[0] + ".labels.txt"
   atomic_write_bytes(path, flatbuffer, fsync=True)
   write_labels(labels_path, labels)
   atomic_write_text(
-      stem + ".json",
+      metadata_path(path),
       json.dumps(dict(metadata, format=METADATA_FORMAT, export="tflite",
                       tflite=os.path.basename(path),
                       labels=os.path.abspath(labels_path)),
@@ -236,7 +235,7 @@ def io_description(fx: FeatureExtractor,
 
 
 def metadata_path(graph_path: str) -> str:
-  """Where the JSON description of an exported graph lives: beside it."""
+  """Where the JSON description of a .pb or .tflite export lives: beside it."""
   return os.path.splitext(graph_path)[0] + ".json"
 
 

@@ -89,8 +89,8 @@ class GraphClassifier(Classifier):
 
   def __init__(self, graph_path: str, labels_path: Optional[str] = None):
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
-    meta = _read_json(os.path.splitext(graph_path)[0] + ".json",
-                      f"--model={graph_path}")
+    from retrain.export import metadata_path  # pylint: disable=g-import-not-at-top
+    meta = _read_json(metadata_path(graph_path), f"--model={graph_path}")
     try:
       bytes_input = meta["inputs"]["image_bytes"]["name"]
       output = meta["output"]["name"]
@@ -137,7 +137,8 @@ class TFLiteClassifier(Classifier):
   def __init__(self, path: str, labels_path: Optional[str] = None):
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
     from retrain.extract import ImageDecoder  # pylint: disable=g-import-not-at-top
-    meta = _read_json(os.path.splitext(path)[0] + ".json", f"--model={path}")
+    from retrain.export import metadata_path  # pylint: disable=g-import-not-at-top
+    meta = _read_json(metadata_path(path), f"--model={path}")
     self.labels = _read_labels(labels_path or meta.get("labels"))
     with warnings.catch_warnings():  # tf.lite's notice about LiteRT.
       warnings.simplefilter("ignore")

@@ -40,7 +40,6 @@ class TrainingGraph(NamedTuple):
   final_tensor: tf.Tensor  # float32 [batch, classes], softmax
   cross_entropy: tf.Tensor  # scalar
   accuracy: tf.Tensor  # scalar
-  train_step: tf.Operation
   summaries: tf.Tensor  # scalars of the two values below
   summary_cross_entropy: tf.Tensor  # placeholder float32 []
   summary_accuracy: tf.Tensor  # placeholder float32 []
@@ -93,8 +92,6 @@ def build_training_graph(bottleneck_size: int, class_count: int,
 
     logits, cross_entropy, accuracy = metrics(bottleneck_input, ground_truth)
     final_tensor = tf.nn.softmax(logits, name=final_tensor_name)
-    with tf.name_scope("train"):
-      train_step = optimizer.minimize(cross_entropy)
     # TensorBoard: one scalar summary fed the measured values, written to
     # the train and the validation writer alike, so both show the same tags.
     with tf.name_scope("summary_values"):
@@ -139,7 +136,7 @@ def build_training_graph(bottleneck_size: int, class_count: int,
     saver = tf1.train.Saver([weights, biases])
   graph.finalize()
   return TrainingGraph(graph, bottleneck_input, ground_truth, weights, biases,
-                       final_tensor, cross_entropy, accuracy, train_step,
+                       final_tensor, cross_entropy, accuracy,
                        summaries, summary_xent, summary_acc, histograms, init,
                        saver, train_x, train_y, load_data, step_indices,
                        (last_xent, last_acc))

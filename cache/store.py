@@ -7,6 +7,7 @@ from typing import Callable, Iterator, List, NamedTuple, Optional, Sequence, Tup
 import numpy as np
 
 from cache import format as fmt
+from cache import index as index_mod
 from cache.atomic import atomic_write_bytes
 from cache.naming import bottleneck_path
 
@@ -39,6 +40,7 @@ ComputeFn = Callable[[Sequence["ImageRef"]],
 class FillResult:
   """The bottlenecks of a list of images, aligned with it.
 
+  vectors: float32 [n, D], memory-mapped from the cache's packed index;
   vectors[i] is valid only where ok[i]; failures lists (image path, reason)
   for the others.
   """
@@ -49,8 +51,12 @@ class FillResult:
   computed: int
 
 
+def index_key(ref: ImageRef) -> str:
+  return f"{ref.class_dir}/{ref.relpath}"
+
+
 class BottleneckCache:
-  """The sidecar files of one model under one folder."""
+  """The sidecar files (and the packed index) of one model under one folder."""
 
   def __init__(self, root: str, tag: str):
     self.root = root
@@ -74,53 +80,80 @@ class BottleneckCache:
     atomic_write_bytes(self.path_for(ref),
                        fmt.encode(vector, self.tag, fingerprint))
 
-  def fill(self, refs: Sequence[ImageRef], compute: ComputeFn,
+  def fill(self, refs: Sequence[ImageRef], compute: ComputeFn, dim: int,
            progress: Optional[Callable[[int, int], None]] = None
            ) -> FillResult:
     """The bottlenecks of `refs`: read from the cache, the rest computed.
 
-    Computed vectors are written to the cache as they arrive. An image that
-    cannot be read or decoded is reported in `failures` and gets no file.
+    Each source image is stat'ed once. Vectors come from the packed index
+    when its fingerprint matches, else from the image's sidecar file, else
+    they are computed and written to a new sidecar as they arrive. An image
+    that cannot be read or decoded is reported in `failures` and gets no
+    file. Unless every vector came from the index in the same order, a new
+    index is written (vectors streamed to disk, so memory stays flat).
 
     Args:
       refs: the images.
       compute: computes vectors for a list of ImageRefs (see ComputeFn).
+      dim: the bottleneck length D.
       progress: called as progress(done, total) while computing.
     """
     n = len(refs)
-    vectors: List[Optional[np.ndarray]] = [None] * n
+    keys = [index_key(r) for r in refs]
+    old = index_mod.PackedIndex.open(self.root, self.tag, dim)
     fingerprints: List[Optional[SourceFingerprint]] = [None] * n
+    old_rows = np.full(n, -1, np.int64)
     failures: List[Tuple[str, str]] = []
-    missing = []
     for i, ref in enumerate(refs):
       try:
         fingerprints[i] = SourceFingerprint.of(ref.path)
       except OSError as e:
         failures.append((ref.path, f"cannot read it ({e.strerror})"))
         continue
-      vectors[i] = self.load(ref, fingerprints[i])
-      if vectors[i] is None:
-        missing.append(i)
-    done = 0
-    for j, vector, error in compute([refs[i] for i in missing]):
-      i = missing[j]
-      done += 1
-      if vector is None:
-        failures.append((refs[i].path, error or "unknown error"))
-      else:
-        vectors[i] = np.asarray(vector, np.float32)
-        self.store(refs[i], vectors[i], fingerprints[i])
-      if progress:
-        progress(done, len(missing))
-    ok = np.array([v is not None for v in vectors], dtype=bool)
-    dim = next((len(v) for v in vectors if v is not None), 0)
-    out = np.zeros((n, dim), np.float32)
-    for i, v in enumerate(vectors):
-      if v is not None:
-        if len(v) != dim:
-          raise ValueError(f"bottleneck of {refs[i].path} has length {len(v)}"
-                           f", expected {dim}")
-        out[i] = v
+      if old is not None:
+        row = old.row(keys[i], fingerprints[i])
+        old_rows[i] = -1 if row is None else row
+    usable = np.array([f is not None for f in fingerprints], bool)
+    if (old is not None and old.keys == keys and
+        np.array_equal(old_rows[usable], np.flatnonzero(usable))):
+      return FillResult(old.vectors, usable, sorted(failures),
+                        int(usable.sum()), 0)
+
+    writer = index_mod.IndexWriter(self.root, self.tag, keys, dim)
+    try:
+      ok = np.zeros(n, bool)
+      missing = []
+      for i in np.flatnonzero(usable):
+        if old_rows[i] >= 0:
+          vector = np.array(old.vectors[old_rows[i]])
+        else:
+          vector = self.load(refs[i], fingerprints[i])
+        if vector is None:
+          missing.append(i)
+        elif len(vector) != dim:
+          raise ValueError(f"bottleneck of {refs[i].path} has length "
+                           f"{len(vector)}, expected {dim}")
+        else:
+          writer.put(i, vector, fingerprints[i])
+          ok[i] = True
+      done = 0
+      for j, vector, error in compute([refs[i] for i in missing]):
+        i = missing[j]
+        done += 1
+        if vector is None:
+          failures.append((refs[i].path, error or "unknown error"))
+        else:
+          vector = np.asarray(vector, np.float32)
+          self.store(refs[i], vector, fingerprints[i])
+          writer.put(i, vector, fingerprints[i])
+          ok[i] = True
+        if progress:
+          progress(done, len(missing))
+      index = writer.commit()
+    except BaseException:
+      writer.abort()
+      raise
     failures.sort()
-    return FillResult(out, ok, failures, n - len(missing),
-                      len(missing) - sum(1 for i in missing if not ok[i]))
+    computed = int(ok[missing].sum()) if missing else 0
+    return FillResult(index.vectors, ok, failures, n - len(missing) -
+                      int((~usable).sum()), computed)

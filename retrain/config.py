@@ -42,12 +42,14 @@ class ModelOptions(NamedTuple):
   input_mean: Optional[float] = None
   input_std: Optional[float] = None
   allow_unsafe_graph_ops: bool = False
+  preprocessing: str = "fast"
 
 
 class RunConfig(NamedTuple):
   """Where data comes from and where results go."""
   image_dir: str
   bottleneck_dir: str = "/tmp/bottleneck"
+  max_in_memory_mb: float = 0.0
   output_graph: str = "/tmp/output_graph.pb"
   output_labels: str = "/tmp/output_labels.txt"
   summaries_dir: str = "/tmp/retrain_logs"

@@ -63,7 +63,8 @@ def build_inference_graph_def(fx: FeatureExtractor, weights: np.ndarray,
   graph = tf.Graph()
   with graph.as_default():
     image_bytes = tf1.placeholder(tf.string, [None], name=BYTES_INPUT)
-    decoded = preprocess.decode_batch(image_bytes, fx.input_size)
+    decoded = preprocess.decode_batch(image_bytes, fx.input_size,
+                                      fx.preprocessing)
     image = tf1.placeholder_with_default(
         decoded, [None, fx.input_size[0], fx.input_size[1], 3],
         name=IMAGE_INPUT)
@@ -224,12 +225,7 @@ def io_description(fx: FeatureExtractor,
                  "shape": [None, "classes"],
                  "description": "softmax probabilities in labels file order"},
       "input_size": [h, w],
-      "resize": {"method": preprocess.RESIZE_METHOD,
-                 "antialias": preprocess.RESIZE_ANTIALIAS,
-                 "jpeg_dct_scaling": ("JPEGs at least twice the input size "
-                                      "are decoded at 1/2, 1/4 or 1/8 scale "
-                                      "(largest keeping 2x the input size) "
-                                      "before resizing")},
+      "resize": fx.preprocessing.describe(),
       "input_scaling": {"mean": fx.input_mean, "std": fx.input_std},
   }
 

@@ -47,12 +47,23 @@ flags.DEFINE_bool("allow_unsafe_graph_ops", _M.allow_unsafe_graph_ops,
                   "Import a model even if its graph has ops that read or "
                   "write files or run code (see retrain/safety.py). Only for "
                   "models you trust.")
+flags.DEFINE_enum("preprocessing", _M.preprocessing, ["fast", "exact"],
+                  "How images are decoded and resized to the model's input. "
+                  "fast: large JPEGs are decoded at 1/2, 1/4 or 1/8 scale "
+                  "(never below the input size) and the resize is "
+                  "antialiased only when it shrinks by more than 2x. exact: "
+                  "full-size decode, always antialiased (slower). Exports "
+                  "use the same rule; changing it recomputes bottlenecks.")
 
 # Bottleneck cache.
 flags.DEFINE_string("bottleneck_dir", _R.bottleneck_dir,
                     "Folder of the bottleneck cache.")
 flags.DEFINE_integer("bottleneck_batch_size", _R.bottleneck_batch_size,
                      "Images per CNN run when computing bottlenecks.")
+flags.DEFINE_float("max_in_memory_mb", _R.max_in_memory_mb,
+                   "Bottlenecks larger than this stay on disk (memory-"
+                     "mapped from the cache index) during training; 0: a "
+                     "quarter of physical memory.")
 
 # Training.
 flags.DEFINE_integer("how_many_training_steps", _H.how_many_training_steps,
@@ -163,7 +174,8 @@ def to_config(f=FLAGS) -> Tuple[RunConfig, HParams, ModelOptions]:
       input_tensor=f.input_tensor, bottleneck_tensor=f.bottleneck_tensor,
       input_size=parse_input_size(f.input_size), input_mean=f.input_mean,
       input_std=f.input_std,
-      allow_unsafe_graph_ops=f.allow_unsafe_graph_ops)
+      allow_unsafe_graph_ops=f.allow_unsafe_graph_ops,
+      preprocessing=f.preprocessing)
   hparams = HParams(
       how_many_training_steps=f.how_many_training_steps,
       learning_rate=f.learning_rate, train_batch_size=f.train_batch_size,
@@ -184,6 +196,7 @@ def to_config(f=FLAGS) -> Tuple[RunConfig, HParams, ModelOptions]:
       final_tensor_name=f.final_tensor_name,
       print_misclassified_test_images=f.print_misclassified_test_images,
       bottleneck_batch_size=f.bottleneck_batch_size,
+      max_in_memory_mb=f.max_in_memory_mb,
       flip_left_right=f.flip_left_right, random_crop=f.random_crop,
       random_scale=f.random_scale, random_brightness=f.random_brightness,
       augmentation_copies=f.augmentation_copies)

@@ -22,16 +22,20 @@ class ImageInfo(NamedTuple):
 
 
 def jpeg_scale_ratio(height: int, width: int, target_height: int,
-                     target_width: int) -> int:
-  """The DCT scaling a JPEG is decoded at: the largest 1/r still >= 2x target.
+                     target_width: int, keep: int = 1) -> int:
+  """The DCT scaling a JPEG is decoded at: the largest 1/r still >= keep x target.
 
   Decoding a large JPEG at 1/2, 1/4 or 1/8 size is much faster and smaller
-  than a full decode, and keeping at least twice the model's input size
-  leaves the final antialiased resize nearly unchanged.
-  preprocess.decode_image computes the same rule with TensorFlow ops.
+  than a full decode; libjpeg scales in the DCT domain, which filters like
+  an area average, so keeping the model's input size loses little.
+  keep=0 means no scaling. preprocess.decode_image computes the same rule
+  with TensorFlow ops.
   """
+  if keep <= 0:
+    return 1
   for r in JPEG_RATIOS:
-    if height // r >= 2 * target_height and width // r >= 2 * target_width:
+    if (height // r >= keep * target_height and
+        width // r >= keep * target_width):
       return r
   return 1
 
@@ -97,17 +101,17 @@ def _webp(data: bytes) -> Optional[ImageInfo]:
 
 
 def decoded_pixels(info: ImageInfo, target_height: int,
-                   target_width: int) -> int:
+                   target_width: int, jpeg_dct_keep: int = 1) -> int:
   """How many pixels decoding `info` for a model of the target size makes."""
   if info.format == "jpeg":
     r = jpeg_scale_ratio(info.height, info.width, target_height,
-                         target_width)
+                         target_width, jpeg_dct_keep)
     return -(-info.height // r) * -(-info.width // r)
   return info.height * info.width
 
 
-def check_decodable(data: bytes, target_height: int,
-                    target_width: int) -> Optional[str]:
+def check_decodable(data: bytes, target_height: int, target_width: int,
+                    jpeg_dct_keep: int = 1) -> Optional[str]:
   """None if `data` may be decoded, else why not (one line)."""
   if not data:
     return "empty file"
@@ -116,7 +120,7 @@ def check_decodable(data: bytes, target_height: int,
     return None  # Let the decoder judge (and name) unknown formats.
   if info.width <= 0 or info.height <= 0:
     return f"invalid {info.format.upper()} size {info.width}x{info.height}"
-  pixels = decoded_pixels(info, target_height, target_width)
+  pixels = decoded_pixels(info, target_height, target_width, jpeg_dct_keep)
   if pixels > MAX_DECODED_PIXELS:
     return (f"too large to decode safely: {info.format.upper()} "
             f"{info.width}x{info.height} ({pixels / 1e6:.0f} megapixels "

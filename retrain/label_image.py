@@ -18,7 +18,7 @@ import json
 import os
 import sys
 import warnings
-from typing import List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -131,6 +131,16 @@ class SavedModelClassifier(Classifier):
     return out["probabilities"].numpy()
 
 
+def _preprocessing(meta: Dict[str, object]):
+  """The decode/resize rule an export's JSON records."""
+  from retrain import preprocess  # pylint: disable=g-import-not-at-top
+  recorded = (meta.get("model") or {}).get("preprocessing")
+  if not recorded:  # Written before the rule was recorded (retrain <= v2).
+    return preprocess.Preprocessing(jpeg_dct_keep=2, antialias_over=1.0)
+  return preprocess.Preprocessing(int(recorded["jpeg_dct_keep"]),
+                                  float(recorded["antialias_over"]))
+
+
 class TFLiteClassifier(Classifier):
   """A .tflite model; images decoded and resized as in training."""
 
@@ -147,7 +157,8 @@ class TFLiteClassifier(Classifier):
     self._input = self._interpreter.get_input_details()[0]
     self._output = self._interpreter.get_output_details()[0]
     height, width = self._input["shape"][1:3]
-    self._decoder = ImageDecoder((int(height), int(width)))
+    self._decoder = ImageDecoder((int(height), int(width)),
+                                 rule=_preprocessing(meta))
     _check_outputs(self._output["shape"][-1], self.labels, path)
 
   def _predict(self, blobs):

@@ -24,12 +24,6 @@ from retrain.errors import UserError
 
 tf1 = tf.compat.v1
 
-# Version of our preprocessing; part of every model tag, so changing how images
-# are decoded or resized invalidates cached bottlenecks.
-PREPROCESSING_VERSION = (
-    f"decode_image/rgb/{preprocess.RESIZE_METHOD}/"
-    f"antialias={preprocess.RESIZE_ANTIALIAS}/jpeg_dct_scaling/v2")
-
 # Frozen graphs recognised by their node names, so that no tensor flag is
 # needed. `input_size` None: read it from the input placeholder's shape.
 KNOWN_GRAPHS = (
@@ -69,6 +63,7 @@ class FeatureExtractor:
     tag: the model identity used in cache file names.
     source: what the user passed (graph path or module handle).
     kind: "graph" or "tfhub".
+    preprocessing: how images are decoded and resized for it (part of `tag`).
   """
   graph_def: tf1.GraphDef
   input_tensor: str
@@ -80,6 +75,7 @@ class FeatureExtractor:
   tag: str
   source: str
   kind: str
+  preprocessing: preprocess.Preprocessing = preprocess.Preprocessing()
 
   def describe(self) -> Dict[str, object]:
     """JSON-friendly facts about the model, for exported metadata."""
@@ -87,7 +83,8 @@ class FeatureExtractor:
                 input_tensor=self.input_tensor,
                 bottleneck_tensor=self.bottleneck_tensor,
                 input_size=list(self.input_size), input_mean=self.input_mean,
-                input_std=self.input_std, bottleneck_size=self.bottleneck_size)
+                input_std=self.input_std, bottleneck_size=self.bottleneck_size,
+                preprocessing=self.preprocessing.describe())
 
 
 def build_bottleneck(fx: FeatureExtractor, images: tf.Tensor) -> tf.Tensor:
@@ -114,6 +111,9 @@ def load_feature_extractor(options: ModelOptions) -> FeatureExtractor:
     UserError: missing file, not a model, wrong tensor names, a module that
       is not an image feature vector, or a handle that cannot be downloaded.
   """
+  if options.preprocessing not in preprocess.PREPROCESSINGS:
+    raise UserError(f"--preprocessing={options.preprocessing}: must be one of "
+                    f"{', '.join(preprocess.PREPROCESSINGS)}")
   if options.graph:
     return _load_graph(options)
   if not options.tfhub_module:
@@ -244,16 +244,18 @@ def _load_graph(options: ModelOptions) -> FeatureExtractor:
                     "graph takes (pixel - mean) / std; e.g. 127.5 and 127.5 "
                     "for inputs in [-1, 1], 0 and 255 for [0, 1])")
   source_tensor = _batch_safe_bottleneck(graph_def, bottleneck)
-  digest = _digest([path], input_tensor, bottleneck, size, mean, std)
+  rule = preprocess.PREPROCESSINGS[options.preprocessing]
+  digest = _digest([path], rule, input_tensor, bottleneck, size, mean, std)
   name = os.path.join(os.path.basename(os.path.dirname(os.path.abspath(path))),
                       os.path.splitext(os.path.basename(path))[0])
   fx = FeatureExtractor(graph_def, input_tensor, source_tensor,
                         (int(size[0]), int(size[1])), float(mean), float(std),
-                        0, model_tag(name, digest), path, "graph")
+                        0, model_tag(name, digest), path, "graph", rule)
   return _with_bottleneck_size(fx, f"--bottleneck_tensor={bottleneck}")
 
 
-def _digest(files: Sequence[str], *params) -> str:
+def _digest(files: Sequence[str], rule: preprocess.Preprocessing,
+            *params) -> str:
   """A digest of the model files' contents and of how the model is used."""
   h = hashlib.sha1()
   for path in files:
@@ -262,7 +264,7 @@ def _digest(files: Sequence[str], *params) -> str:
       for chunk in iter(lambda: f.read(1 << 20), b""):
         file_hash.update(chunk)
     h.update(file_hash.digest())
-  h.update(json.dumps([PREPROCESSING_VERSION] + [str(p) for p in params]
+  h.update(json.dumps([rule.version()] + [str(p) for p in params]
                       ).encode())
   return h.hexdigest()
 
@@ -450,12 +452,13 @@ def _load_tfhub(options: ModelOptions) -> FeatureExtractor:
   for root, dirs, names in os.walk(path):
     dirs.sort()
     files += [os.path.join(root, n) for n in sorted(names)]
-  digest = _digest(files, input_tensor, bottleneck, size, mean, std)
+  rule = preprocess.PREPROCESSINGS[options.preprocessing]
+  digest = _digest(files, rule, input_tensor, bottleneck, size, mean, std)
   name = handle.rstrip("/")
   name = "_".join(name.split("/")[-2:]) if "://" in name else (
       os.path.basename(os.path.dirname(os.path.abspath(name))) + "_" +
       os.path.basename(name))
   fx = FeatureExtractor(graph_def, input_tensor, bottleneck,
                         (int(size[0]), int(size[1])), float(mean), float(std),
-                        0, model_tag(name, digest), handle, "tfhub")
+                        0, model_tag(name, digest), handle, "tfhub", rule)
   return _with_bottleneck_size(fx, f"--tfhub_module={handle}")

@@ -78,6 +78,9 @@ def check_config(config: RunConfig, hparams: HParams) -> None:
   need(config.bottleneck_batch_size > 0,
        f"--bottleneck_batch_size={config.bottleneck_batch_size}: must be "
        "positive")
+  need(config.max_in_memory_mb >= 0,
+       f"--max_in_memory_mb={config.max_in_memory_mb}: must be 0 (auto) or "
+       "positive")
   need(config.intermediate_store_frequency >= 0,
        f"--intermediate_store_frequency={config.intermediate_store_frequency}"
        ": must be 0 (off) or positive")
@@ -158,7 +161,8 @@ def _check_writable(flag: str, folder: str) -> None:
 
 
 def _fill(store: cache.BottleneckCache, refs: Sequence[cache.ImageRef],
-          what: str, make_extractor: Callable[[], BottleneckExtractor]
+          dim: int, what: str,
+          make_extractor: Callable[[], BottleneckExtractor]
           ) -> cache.FillResult:
   """store.fill with a lazily built extractor and a progress report."""
   extractors: List[BottleneckExtractor] = []
@@ -174,7 +178,7 @@ def _fill(store: cache.BottleneckCache, refs: Sequence[cache.ImageRef],
     return extractors[0].compute(missing)
 
   try:
-    return store.fill(refs, compute,
+    return store.fill(refs, compute, dim,
                       lambda done, total: progress[0].update(done))
   finally:
     for e in extractors:
@@ -202,18 +206,26 @@ def compute_bottlenecks(image_lists: images.ImageLists, fx: FeatureExtractor,
         truth.append(class_index)
         category.append(cat)
   result = _fill(cache.BottleneckCache(config.bottleneck_dir, fx.tag), refs,
-                 "Bottlenecks", lambda: BottleneckExtractor(
+                 fx.bottleneck_size, "Bottlenecks", lambda: BottleneckExtractor(
                      fx, config.bottleneck_batch_size))
   truth = np.array(truth, np.int64)
   category = np.array(category)
+  copies = config.copies()
+  # Bottlenecks larger than the memory budget stay memory-mapped from the
+  # cache's index and are read where needed (augmented sets are in memory).
+  on_disk = not copies and result.vectors.nbytes > in_memory_limit(config)
+  if on_disk:
+    logging.info("Bottlenecks (%.0f MB) exceed --max_in_memory_mb; training "
+                 "reads them from the memory-mapped cache index",
+                 result.vectors.nbytes / 2**20)
   sets = {}
   for cat in images.CATEGORIES:
     keep = (category == cat) & result.ok
+    rows = np.flatnonzero(keep)
     sets[cat] = train.LabeledBottlenecks(
-        result.vectors[keep], truth[keep],
-        [r.path for r, k in zip(refs, keep) if k])
+        result.vectors if on_disk else np.array(result.vectors[rows]),
+        truth[keep], [refs[i].path for i in rows], rows if on_disk else None)
   augmented = 0
-  copies = config.copies()
   if copies:
     distortions = config.distortions()
     train_keep = (category == images.TRAINING) & result.ok
@@ -223,13 +235,14 @@ def compute_bottlenecks(image_lists: images.ImageLists, fx: FeatureExtractor,
     for copy in range(1, copies + 1):
       tag = augmented_tag(fx.tag, distortions, random_seed, copy)
       filled = _fill(cache.BottleneckCache(config.bottleneck_dir, tag),
-                     train_refs, f"Augmented copy {copy}/{copies}",
+                     train_refs, fx.bottleneck_size,
+                     f"Augmented copy {copy}/{copies}",
                      lambda copy=copy: BottleneckExtractor(
                          fx, config.bottleneck_batch_size,
                          distortions=distortions, copy=copy,
                          random_seed=random_seed))
       augmented += filled.computed
-      xs.append(filled.vectors[filled.ok])
+      xs.append(np.array(filled.vectors[filled.ok]))
       ys.append(truth[train_keep][filled.ok])
       paths += [f"{r.path}{AUGMENTED_MARK}{copy}"
                 for r, k in zip(train_refs, filled.ok) if k]
@@ -239,6 +252,17 @@ def compute_bottlenecks(image_lists: images.ImageLists, fx: FeatureExtractor,
                  "(%s), %d computed, the rest from cache", copies,
                  len(train_refs), distortions, augmented)
   return sets, result, augmented
+
+
+def in_memory_limit(config: RunConfig) -> int:  # bytes
+  """Bytes of bottlenecks held in memory before training reads them from
+  disk: --max_in_memory_mb, or by default a quarter of physical memory."""
+  if config.max_in_memory_mb > 0:
+    return int(config.max_in_memory_mb * 2**20)
+  try:
+    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 4
+  except (ValueError, OSError, AttributeError):
+    return 2 * 2**30
 
 
 def augmented_tag(tag: str, distortions, random_seed: int, copy: int) -> str:
@@ -282,7 +306,7 @@ def _export_tflite(config: RunConfig, fx: FeatureExtractor,
   if config.tflite_quantize == "int8":
     rng = np.random.default_rng(seed + 2)
     pick = rng.permutation(len(train_paths))[:TFLITE_CALIBRATION_IMAGES]
-    decoder = ImageDecoder(fx.input_size)
+    decoder = ImageDecoder(fx.input_size, rule=fx.preprocessing)
     try:
       decoded = [decoder.decode(train_paths[i])[0] for i in pick]
     finally:
@@ -385,7 +409,7 @@ def run(config: RunConfig, hparams: HParams = HParams(),
     test_set = sets[images.TESTING]
     rng = np.random.default_rng(hparams.random_seed + 1)
     pick = train.sample_subset(len(test_set), hparams.test_batch_size, rng)
-    test_x, test_y = test_set.x[pick], test_set.y[pick]
+    test_x, test_y = test_set.take(pick), test_set.y[pick]
     test_paths = [test_set.paths[i] for i in pick]
     probabilities = train.predict(tg, session, test_x)
     weights, biases = train.final_layer(tg, session)

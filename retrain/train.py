@@ -21,13 +21,28 @@ tf1 = tf.compat.v1
 
 @dataclasses.dataclass(frozen=True)
 class LabeledBottlenecks:
-  """Bottlenecks of one set. x: float32 [n, D]; y: int64 [n]; paths: n files."""
+  """Bottlenecks of one set: y: int64 [n]; paths: n files.
+
+  Item i's vector is x[i], or x[rows[i]] when `rows` is given (x is then a
+  larger, usually memory-mapped, array that is read only where needed).
+  """
   x: np.ndarray
   y: np.ndarray
   paths: Sequence[str]
+  rows: Optional[np.ndarray] = None
 
   def __len__(self) -> int:
     return len(self.y)
+
+  def take(self, indices: np.ndarray) -> np.ndarray:
+    """float32 [len(indices), D]: the vectors of the given items."""
+    if self.rows is None:
+      return self.x[indices]
+    rows = self.rows[indices]
+    order = np.argsort(rows, kind="stable")  # Read the file front to back.
+    out = np.empty((len(rows), self.x.shape[1]), np.float32)
+    out[order] = self.x[rows[order]]
+    return out
 
 
 class TrainingGraph(NamedTuple):
@@ -40,18 +55,18 @@ class TrainingGraph(NamedTuple):
   final_tensor: tf.Tensor  # float32 [batch, classes], softmax
   cross_entropy: tf.Tensor  # scalar
   accuracy: tf.Tensor  # scalar
-  summaries: tf.Tensor  # scalars of the two values below
-  summary_cross_entropy: tf.Tensor  # placeholder float32 []
-  summary_accuracy: tf.Tensor  # placeholder float32 []
-  histograms: tf.Tensor  # of the weights and biases
   init: tf.Operation
   saver: tf1.train.Saver
   # Many SGD steps in one session.run, on training data held in the graph:
-  train_x: tf.Tensor  # placeholder float32 [n, D], fed once to load_data
+  train_x: tf.Tensor  # placeholder float32 [n, D], fed to load_data
   train_y: tf.Tensor  # placeholder int64 [n]
   load_data: tf.Operation
   step_indices: tf.Tensor  # placeholder int32 [steps, batch]
   run_steps: Tuple[tf.Tensor, tf.Tensor]  # last batch's (xent, accuracy)
+  # Measured after run_steps' updates, in the same session.run: (xent,
+  # accuracy) of bottleneck_input/ground_truth, and weight/bias histograms.
+  evaluate_after_steps: Tuple[tf.Tensor, tf.Tensor]
+  histograms_after_steps: tf.Tensor  # serialized Summary
 
 
 class EvalPoint(NamedTuple):
@@ -92,19 +107,6 @@ def build_training_graph(bottleneck_size: int, class_count: int,
 
     logits, cross_entropy, accuracy = metrics(bottleneck_input, ground_truth)
     final_tensor = tf.nn.softmax(logits, name=final_tensor_name)
-    # TensorBoard: one scalar summary fed the measured values, written to
-    # the train and the validation writer alike, so both show the same tags.
-    with tf.name_scope("summary_values"):
-      summary_xent = tf1.placeholder(tf.float32, [], "cross_entropy")
-      summary_acc = tf1.placeholder(tf.float32, [], "accuracy")
-    summaries = tf1.summary.merge([
-        tf1.summary.scalar("cross_entropy", summary_xent),
-        tf1.summary.scalar("accuracy", summary_acc),
-    ])
-    histograms = tf1.summary.merge([
-        tf1.summary.histogram("final_weights", weights),
-        tf1.summary.histogram("final_biases", biases),
-    ])
 
     # The fast path: training data live in the graph and a while loop runs
     # one SGD step per row of step_indices, so a whole evaluation interval
@@ -132,14 +134,29 @@ def build_training_graph(bottleneck_size: int, class_count: int,
         lambda i, *_: i < tf.shape(step_indices)[0], body,
         [tf.constant(0), tf.constant(0.0), tf.constant(0.0)],
         name="train_steps")
+    # Evaluation and histograms in the same session.run, after the steps.
+    with tf.control_dependencies([last_xent, last_acc]):
+      _, eval_xent, eval_acc = metrics(bottleneck_input, ground_truth)
+      histograms = tf1.summary.merge([
+          tf1.summary.histogram("final_weights", tf.identity(weights)),
+          tf1.summary.histogram("final_biases", tf.identity(biases)),
+      ])
     init = tf1.global_variables_initializer()
     saver = tf1.train.Saver([weights, biases])
   graph.finalize()
   return TrainingGraph(graph, bottleneck_input, ground_truth, weights, biases,
-                       final_tensor, cross_entropy, accuracy,
-                       summaries, summary_xent, summary_acc, histograms, init,
-                       saver, train_x, train_y, load_data, step_indices,
-                       (last_xent, last_acc))
+                       final_tensor, cross_entropy, accuracy, init, saver,
+                       train_x, train_y, load_data, step_indices,
+                       (last_xent, last_acc), (eval_xent, eval_acc),
+                       histograms)
+
+
+def scalar_summary(cross_entropy: float, accuracy: float) -> tf1.Summary:
+  """The TensorBoard scalars of one evaluation (same tags for train and
+  validation writers, so TensorBoard draws them on one chart)."""
+  return tf1.Summary(value=[
+      tf1.Summary.Value(tag="cross_entropy", simple_value=cross_entropy),
+      tf1.Summary.Value(tag="accuracy", simple_value=accuracy)])
 
 
 class ProportionalSampler:
@@ -203,7 +220,12 @@ def train(tg: TrainingGraph, session: tf1.Session, train_set: LabeledBottlenecks
   rng = np.random.default_rng(hparams.random_seed)
   sampler = SAMPLERS[hparams.class_sampling](train_set.y, class_count, rng)
   session.run(tg.init)
-  session.run(tg.load_data, {tg.train_x: train_set.x, tg.train_y: train_set.y})
+  # A training set kept on disk (rows given) is read a few batches at a
+  # time: only the items each evaluation interval samples enter the graph.
+  streaming = train_set.rows is not None
+  if not streaming:
+    session.run(tg.load_data, {tg.train_x: train_set.x,
+                               tg.train_y: train_set.y})
   history = []
   steps = hparams.how_many_training_steps
   interval = hparams.eval_step_interval
@@ -214,29 +236,36 @@ def train(tg: TrainingGraph, session: tf1.Session, train_set: LabeledBottlenecks
     chunk = min(interval - done % interval, steps - done)
     indices = np.stack([sampler.sample(hparams.train_batch_size)
                         for _ in range(chunk)]).astype(np.int32)
+    if streaming:
+      rows, local = np.unique(indices, return_inverse=True)
+      session.run(tg.load_data, {tg.train_x: train_set.take(rows),
+                                 tg.train_y: train_set.y[rows]})
+      indices = local.reshape(indices.shape).astype(np.int32)
     done += chunk
     is_eval = done % hparams.eval_step_interval == 0 or done == steps
-    xent, acc = session.run(tg.run_steps, {tg.step_indices: indices})
+    feed = {tg.step_indices: indices}
+    fetches = {"train": tg.run_steps}
+    if is_eval and len(validation_set):
+      vidx = sample_subset(len(validation_set), hparams.validation_batch_size,
+                           rng)
+      feed[tg.bottleneck_input] = validation_set.take(vidx)
+      feed[tg.ground_truth] = validation_set.y[vidx]
+      fetches["validation"] = tg.evaluate_after_steps
+    if is_eval and train_writer:
+      fetches["histograms"] = tg.histograms_after_steps
+    out = session.run(fetches, feed)
+    xent, acc = (float(v) for v in out["train"])
     if is_eval:
-      if train_writer:
-        for summary in session.run(
-            [tg.summaries, tg.histograms],
-            {tg.summary_cross_entropy: xent, tg.summary_accuracy: acc}):
-          train_writer.add_summary(summary, done)
       val_acc = None
-      if len(validation_set):
-        vidx = sample_subset(len(validation_set),
-                             hparams.validation_batch_size, rng)
-        val_xent, val_acc = session.run(
-            [tg.cross_entropy, tg.accuracy],
-            {tg.bottleneck_input: validation_set.x[vidx],
-             tg.ground_truth: validation_set.y[vidx]})
+      if train_writer:
+        train_writer.add_summary(scalar_summary(xent, acc), done)
+        train_writer.add_summary(out["histograms"], done)
+      if "validation" in out:
+        val_xent, val_acc = (float(v) for v in out["validation"])
         if validation_writer:
-          validation_writer.add_summary(session.run(
-              tg.summaries, {tg.summary_cross_entropy: val_xent,
-                             tg.summary_accuracy: val_acc}), done)
-      history.append(EvalPoint(done, float(acc), float(xent),
-                               None if val_acc is None else float(val_acc)))
+          validation_writer.add_summary(scalar_summary(val_xent, val_acc),
+                                        done)
+      history.append(EvalPoint(done, acc, xent, val_acc))
       val_text = ("n/a (no validation images)" if val_acc is None else
                   f"{val_acc * 100:.1f}% (N={len(vidx)})")
       log(done, f"train accuracy {acc * 100:.1f}%, cross entropy "

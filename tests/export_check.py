@@ -18,15 +18,31 @@ import numpy as np  # pylint: disable=g-import-not-at-top
 import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
 
+def _prepare(blob, meta):
+  """One float input, made by following the JSON's resize rule."""
+  h, w = meta["input_size"]
+  rule = meta["resize"]
+  ratio = 1
+  if rule["jpeg_dct_keep"] and tf.io.is_jpeg(blob):
+    ih, iw, _ = tf.image.extract_jpeg_shape(blob).numpy()
+    for r in (8, 4, 2):
+      if ih // r >= rule["jpeg_dct_keep"] * h and (
+          iw // r >= rule["jpeg_dct_keep"] * w):
+        ratio = r
+        break
+  if ratio > 1:
+    image = tf.io.decode_jpeg(blob, channels=3, ratio=ratio)
+  else:
+    image = tf.io.decode_image(blob, channels=3, expand_animations=False)
+  shrink = max(image.shape[0] / h, image.shape[1] / w)
+  return tf.clip_by_value(tf.image.resize(
+      tf.cast(image, tf.float32), [h, w], method=rule["method"],
+      antialias=bool(shrink > rule["antialias_over"])), 0, 255).numpy()
+
+
 def _float_images(blobs, meta):
   """Float inputs prepared exactly as the export's JSON describes."""
-  h, w = meta["input_size"]
-  return np.stack([
-      tf.clip_by_value(tf.image.resize(
-          tf.cast(tf.io.decode_image(b, channels=3, expand_animations=False),
-                  tf.float32), [h, w], method=meta["resize"]["method"],
-          antialias=meta["resize"]["antialias"]), 0, 255).numpy()
-      for b in blobs])
+  return np.stack([_prepare(b, meta) for b in blobs])
 
 
 def tflite_probabilities(path, paths):

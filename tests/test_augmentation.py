@@ -83,7 +83,13 @@ def test_copies_differ_from_each_other_and_from_the_original(augmented_run):
   files = helpers.files_under(config.bottleneck_dir)
   copy1 = sorted(f for f in files if ".aug1-" in f)
   copy2 = sorted(f for f in files if ".aug2-" in f)
-  originals = sorted(f for f in files if ".aug" not in f)
+  originals = sorted(f for f in files if ".aug" not in f and os.sep in f)
+  # One packed index per cache tag: the model's and each copy's.
+  tag = result.model["tag"]
+  digest = copy1[0].split(".aug1-")[1][:8]
+  assert sorted(f for f in files if os.sep not in f) == [
+      f"{tag}.aug1-{digest}.index", f"{tag}.aug2-{digest}.index",
+      f"{tag}.index"]
   assert len(copy1) == len(copy2) > 0
   assert len(originals) == 72
   # <relpath>.<model tag>.bn and <relpath>.<model tag>.aug<k>-<digest>.bn

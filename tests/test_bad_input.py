@@ -3,6 +3,7 @@
 import io
 import os
 
+import numpy as np
 import pytest
 import tensorflow as tf
 from PIL import Image
@@ -48,20 +49,48 @@ def test_oversized_images_are_refused_before_decoding():
   assert imageinfo.check_decodable(b"", 224, 224) == "empty file"
 
 
-@pytest.mark.parametrize("h,w,target,ratio", [
-    (300, 400, 128, 1), (600, 800, 128, 2), (1100, 1100, 128, 4),
-    (4000, 3000, 128, 8), (4000, 3000, 299, 4), (12000, 12000, 224, 8),
-    (511, 5000, 128, 1), (512, 5000, 128, 2),
+@pytest.mark.parametrize("h,w,target,keep,ratio", [
+    # "fast" (keep >= 1x the input size)
+    (255, 400, 128, 1, 1), (300, 400, 128, 1, 2), (600, 800, 128, 1, 4),
+    (1100, 1100, 128, 1, 8), (4000, 3000, 299, 1, 8),
+    (12000, 12000, 224, 1, 8), (255, 5000, 128, 1, 1), (256, 5000, 128, 1, 2),
+    # keep >= 2x the input size
+    (300, 400, 128, 2, 1), (600, 800, 128, 2, 2), (1100, 1100, 128, 2, 4),
+    (4000, 3000, 128, 2, 8), (4000, 3000, 299, 2, 4), (511, 5000, 128, 2, 1),
+    (512, 5000, 128, 2, 2),
+    # "exact": never scaled
+    (4000, 3000, 128, 0, 1),
 ])
-def test_jpeg_decode_scale_matches_the_graph(h, w, target, ratio):
-  assert imageinfo.jpeg_scale_ratio(h, w, target, target) == ratio
+def test_jpeg_decode_scale_matches_the_graph(h, w, target, keep, ratio):
+  assert imageinfo.jpeg_scale_ratio(h, w, target, target, keep) == ratio
   data = _encoded("JPEG", size=(h, w))
+  rule = preprocess.Preprocessing(jpeg_dct_keep=keep)
   g = tf.Graph()
   with g.as_default():
-    decoded = preprocess.decode_image(tf.constant(data), (target, target))
+    decoded = preprocess.decode_image(tf.constant(data), (target, target),
+                                      rule)
     with tf1.Session(graph=g) as sess:
       shape = sess.run(decoded).shape
   assert shape == (-(-h // ratio), -(-w // ratio), 3)
+
+
+@pytest.mark.parametrize("h,w,antialiased", [
+    (100, 100, False), (128, 250, False), (128, 260, True), (600, 300, True),
+    (64, 64, False)])
+def test_resize_antialiases_only_when_shrinking_more_than_2x(h, w,
+                                                             antialiased):
+  image = np.random.default_rng(h * w).integers(0, 256, (h, w, 3)).astype(
+      np.float32)
+  fast = preprocess.resize_image(image, (128, 128)).numpy()
+  exact = preprocess.resize_image(
+      image, (128, 128), preprocess.PREPROCESSINGS["exact"]).numpy()
+  plain = tf.clip_by_value(tf.image.resize(image, (128, 128), "bilinear"),
+                           0, 255).numpy()
+  np.testing.assert_allclose(fast, exact if antialiased else plain, atol=1e-3)
+  if h < 128 and w < 128:  # Enlarging: antialiasing changes nothing.
+    np.testing.assert_allclose(exact, plain, atol=1e-3)
+  elif antialiased:
+    assert np.abs(fast - plain).max() > 1
 
 
 def test_unsafe_op_list_covers_the_dangerous_kinds():
@@ -152,7 +181,8 @@ def test_skipped_images_are_listed_beside_the_outputs(messy_run):
 
 def test_only_usable_images_get_cache_files(messy_run):
   root, good, bad, config, result = messy_run
-  files = helpers.files_under(config.bottleneck_dir)
+  files = {f for f in helpers.files_under(config.bottleneck_dir)
+           if f.endswith(cache.naming.SUFFIX)}
   stems = {f.rsplit(".", 2)[0] for f in files}
   assert stems == set(good)
   for f in files:
@@ -184,9 +214,12 @@ def test_odd_class_folder_names_stay_inside_the_cache(small_models,
                                      tfhub_module=""))
   assert result.labels == ["a b", "dots", "rf", "spaced", "ünï"]
   bn = os.path.realpath(config.bottleneck_dir)
-  for rel in helpers.files_under(bn):
+  sidecars = [rel for rel in helpers.files_under(bn) if os.sep in rel]
+  for rel in sidecars:
     path = os.path.realpath(os.path.join(bn, rel))
     assert path.startswith(bn + os.sep)
     assert rel.split(os.sep)[0] in ["dots___", "a..b", " spaced ", "-rf",
                                     "ünï"]
-  assert len(helpers.files_under(bn)) == 15
+  assert len(sidecars) == 15
+  assert set(helpers.files_under(bn)) - set(sidecars) == {
+      result.model["tag"] + ".index"}

@@ -29,3 +29,20 @@ def test_exports_benchmark_prints_every_export(shared, tmp_path):
   for name in ("frozen graph", "SavedModel", "TFLite none", "TFLite dynamic",
                "TFLite int8"):
     assert f"| {name} " in out
+
+
+def test_preprocessing_benchmark_compares_fast_with_exact(shared):
+  out = _run("preprocessing.py", ["--limit=30", "--upscale=2", "--folds=2",
+                                  "--steps=20"])
+  for name in ("| dev photos  ", "| dev photos x2 (camera-sized JPEGs)"):
+    assert name in out
+  assert out.count("same predictions") == 2
+
+
+def test_scaling_benchmark_prints_every_row(shared, tmp_path):
+  out = _run("scaling.py", ["--sizes=20", "--cached=60",
+                            f"--work_dir={tmp_path}"])
+  assert "| extract 20 images" in out
+  for what in ("from sidecars (writes the index)", "from the index",
+               "from the index, on disk (--max_in_memory_mb=1)"):
+    assert f"60 cached bottlenecks {what}" in out

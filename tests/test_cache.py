@@ -7,6 +7,7 @@ import pytest
 
 import cache
 from cache import format as fmt
+from cache import index
 
 
 def test_bottleneck_path_mirrors_classes_and_names_the_model():
@@ -116,14 +117,14 @@ def test_fill_computes_once_then_reads_back(tmp_path):
   refs = _images(tmp_path, 6)
   store = cache.BottleneckCache(str(tmp_path / "bn"), "m-1")
   calls = []
-  first = store.fill(refs, _fake_compute(calls))
+  first = store.fill(refs, _fake_compute(calls), 4)
   assert first.computed == 5 and first.from_cache == 0
   assert first.failures == [(refs[3].path, "cannot decode it")]
   assert list(first.ok) == [True, True, True, False, True, True]
   assert first.vectors[5, 0] == 6
   # A skipped image gets no file.
   assert not os.path.exists(store.path_for(refs[3]))
-  second = store.fill(refs, _fake_compute(calls))
+  second = store.fill(refs, _fake_compute(calls), 4)
   assert second.from_cache == 5 and second.computed == 0
   assert calls[1] == [refs[3].path]  # Only the bad one is retried.
   np.testing.assert_array_equal(second.vectors[second.ok],
@@ -133,16 +134,94 @@ def test_fill_computes_once_then_reads_back(tmp_path):
 def test_fill_recomputes_changed_corrupt_and_other_model(tmp_path):
   refs = _images(tmp_path, 3)
   store = cache.BottleneckCache(str(tmp_path / "bn"), "m-1")
-  store.fill(refs, _fake_compute([]))
+  store.fill(refs, _fake_compute([]), 4)
   with open(refs[0].path, "wb") as f:  # Changed image.
     f.write(b"y" * 50)
   with open(store.path_for(refs[1]), "r+b") as f:  # Corrupt file.
     f.truncate(20)
   calls = []
-  result = store.fill(refs, _fake_compute(calls))
-  assert sorted(calls[0]) == sorted([refs[0].path, refs[1].path])
-  assert result.vectors[0, 0] == 50
+  result = store.fill(refs, _fake_compute(calls), 4)
+  # The index still holds a valid copy of refs[1]'s vector.
+  assert calls[0] == [refs[0].path]
+  assert result.vectors[0, 0] == 50 and result.vectors[1, 0] == 2
+  os.remove(index.index_path(store.root, store.tag))
+  calls = []
+  result = store.fill(refs, _fake_compute(calls), 4)
+  assert calls[0] == [refs[1].path]  # Without the index: the bad sidecar.
+  assert result.vectors[1, 0] == 2
   other = cache.BottleneckCache(str(tmp_path / "bn"), "m-2")
   calls = []
-  other.fill(refs, _fake_compute(calls))
+  other.fill(refs, _fake_compute(calls), 4)
   assert len(calls[0]) == 3
+
+
+def test_warm_fill_reads_the_index_not_the_sidecars(tmp_path):
+  refs = _images(tmp_path, 6)
+  store = cache.BottleneckCache(str(tmp_path / "bn"), "m-1")
+  first = store.fill(refs, _fake_compute([]), 4)
+  for i, ref in enumerate(refs):
+    if i != 3:
+      os.remove(store.path_for(ref))
+  calls = []
+  second = store.fill(refs, _fake_compute(calls), 4)
+  assert calls == [[refs[3].path]] and second.from_cache == 5
+  assert isinstance(second.vectors, np.memmap)
+  np.testing.assert_array_equal(second.vectors[second.ok],
+                                first.vectors[first.ok])
+
+
+def test_index_follows_added_and_removed_images(tmp_path):
+  refs = _images(tmp_path, 6)
+  store = cache.BottleneckCache(str(tmp_path / "bn"), "m-1")
+  full = store.fill(refs, _fake_compute([]), 4)
+  calls = []
+  fewer = store.fill(refs[::-1][:4], _fake_compute(calls), 4)
+  assert calls == [[refs[3].path]]  # Only the undecodable one is retried.
+  np.testing.assert_array_equal(fewer.vectors[[0, 1, 3]],
+                                full.vectors[[5, 4, 2]])
+  again = index.PackedIndex.open(store.root, store.tag, 4)
+  assert again.keys == [cache.store.index_key(r) for r in refs[::-1][:4]]
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip_key", "flip_header",
+                                    "other_dim"])
+def test_damaged_index_falls_back_to_sidecars(tmp_path, damage):
+  refs = _images(tmp_path, 4)
+  store = cache.BottleneckCache(str(tmp_path / "bn"), "m-1")
+  first = store.fill(refs, _fake_compute([]), 4)
+  path = index.index_path(store.root, store.tag)
+  with open(path, "r+b") as f:
+    data = bytearray(f.read())
+    if damage == "truncate":
+      f.truncate(len(data) - 3)
+    elif damage == "flip_key":
+      f.seek(len(data) - 2)
+      f.write(bytes([data[-2] ^ 1]))
+    elif damage == "flip_header":
+      f.seek(0)
+      f.write(b"XTIX")
+  assert index.PackedIndex.open(
+      store.root, store.tag, 5 if damage == "other_dim" else 4) is None
+  if damage == "other_dim":
+    return
+  calls = []
+  second = store.fill(refs, _fake_compute(calls), 4)
+  assert calls == [[refs[3].path]] and second.from_cache == 3
+  np.testing.assert_array_equal(second.vectors[second.ok],
+                                first.vectors[first.ok])
+  assert index.PackedIndex.open(store.root, store.tag, 4) is not None
+
+
+def test_index_writer_removes_leftovers_of_killed_runs_only(tmp_path):
+  root = str(tmp_path)
+  prefix = f".m-1{index.SUFFIX}."
+  dead = tmp_path / f"{prefix}dead.tmp"
+  dead.write_bytes(b"half-written by a killed run")
+  live = index.IndexWriter(root, "m-1", ["k/a.jpg"], 4)  # Holds its lock.
+  assert not dead.exists()
+  other = index.IndexWriter(root, "m-1", ["k/b.jpg"], 4)
+  assert os.path.exists(live._tmp) and os.path.exists(other._tmp)
+  live.put(0, np.ones(4), (1, 2))
+  assert live.commit().keys == ["k/a.jpg"]
+  other.abort()
+  assert os.listdir(root) == ["m-1.index"]

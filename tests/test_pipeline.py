@@ -54,11 +54,14 @@ def test_run_learns_and_writes_every_output(trained):
   runs = os.listdir(config.summaries_dir)
   assert len(runs) == 1 and sorted(os.listdir(
       os.path.join(config.summaries_dir, runs[0]))) == ["train", "validation"]
-  # One sidecar per image, in folders mirroring the classes, no temp files.
+  # One sidecar per image, in folders mirroring the classes, and the
+  # model's packed index; no temp files.
   cached = helpers.files_under(config.bottleneck_dir)
-  assert len(cached) == 72
+  assert len(cached) == 73
+  assert [p for p in cached if os.sep not in p] == [
+      result.model["tag"] + ".index"]
   assert all(p.split(os.sep)[0] in ("red", "green", "blue") and
-             p.endswith(".bn") for p in cached)
+             p.endswith(".bn") for p in cached if os.sep in p)
 
 
 def test_frozen_graph_matches_trained_session_in_fresh_process(trained):
@@ -219,3 +222,27 @@ def test_saved_model_dir_with_other_content_is_refused(small_models,
   with pytest.raises(UserError, match="holds something other"):
     pipeline.run(config, FAST, _options(small_models, "graph"))
   assert (target / "thesis.tex").read_text() == "do not delete"
+
+
+def test_bottlenecks_over_the_memory_budget_train_from_disk_identically(
+    trained, small_models, monkeypatch):
+  kind, config, result, tmp = trained
+  seen = []
+  real_train = pipeline.train.train
+
+  def spy(tg, session, train_set, validation_set, *args, **kwargs):
+    seen.append((train_set.rows is not None, type(train_set.x)))
+    return real_train(tg, session, train_set, validation_set, *args, **kwargs)
+
+  monkeypatch.setattr(pipeline.train, "train", spy)
+  again = pipeline.run(config._replace(saved_model_dir="", tflite_output="",
+                                       summaries_dir="",
+                                       intermediate_store_frequency=0,
+                                       max_in_memory_mb=0.001),
+                       FAST, _options(small_models, kind))
+  assert seen == [(True, np.memmap)]
+  assert again.history == result.history
+  np.testing.assert_allclose(again.final_weights, result.final_weights,
+                             atol=1e-6)
+  np.testing.assert_allclose(again.test_probabilities,
+                             result.test_probabilities, atol=1e-6)

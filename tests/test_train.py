@@ -40,8 +40,9 @@ def _fit(hparams, train_set, val_set):
   with tf.compat.v1.Session(graph=tg.graph) as sess:
     history = train.train(tg, sess, train_set, val_set, 3, hparams,
                           log=lambda step, text: None)
-    return history, train.predict(tg, sess, val_set.x), train.final_layer(
-        tg, sess)
+    val_x = val_set.take(np.arange(len(val_set)))
+    return history, train.predict(tg, sess, val_x), train.final_layer(tg,
+                                                                      sess)
 
 
 def test_training_learns_separable_classes():
@@ -89,3 +90,29 @@ def test_class_sampling_changes_training():
   b = _fit(hp._replace(class_sampling="proportional"), _blobs(300),
            _blobs(60, seed=1))
   assert not np.array_equal(a[1], b[1])
+
+
+def _on_disk(labeled, path):
+  """The same set, its vectors in a memory-mapped file in shuffled rows."""
+  n, dim = labeled.x.shape
+  rows = np.random.default_rng(3).permutation(n + 5)[:n]
+  mm = np.memmap(path, np.float32, "w+", shape=(n + 5, dim))
+  mm[rows] = labeled.x
+  mm.flush()
+  base = np.memmap(path, np.float32, "r", shape=(n + 5, dim))
+  return train.LabeledBottlenecks(base, labeled.y, labeled.paths, rows)
+
+
+def test_memory_mapped_sets_train_exactly_like_in_memory_ones(tmp_path):
+  hp = HParams(how_many_training_steps=120, eval_step_interval=25,
+               train_batch_size=50)
+  train_set, val_set = _blobs(400), _blobs(80, seed=1)
+  disk_train = _on_disk(train_set, str(tmp_path / "train.f32"))
+  disk_val = _on_disk(val_set, str(tmp_path / "val.f32"))
+  np.testing.assert_array_equal(disk_train.take(np.array([5, 0, 5, 399])),
+                                train_set.x[[5, 0, 5, 399]])
+  in_memory = _fit(hp, train_set, val_set)
+  on_disk = _fit(hp, disk_train, disk_val)
+  assert in_memory[0] == on_disk[0]  # Same evaluations, step by step.
+  np.testing.assert_allclose(on_disk[2][0], in_memory[2][0], atol=1e-6)
+  np.testing.assert_allclose(on_disk[2][1], in_memory[2][1], atol=1e-6)

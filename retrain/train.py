@@ -9,7 +9,7 @@ in proportion to their size.
 """
 
 import dataclasses
-from typing import Callable, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -57,16 +57,21 @@ class TrainingGraph(NamedTuple):
   accuracy: tf.Tensor  # scalar
   init: tf.Operation
   saver: tf1.train.Saver
-  # Many SGD steps in one session.run, on training data held in the graph:
-  train_x: tf.Tensor  # placeholder float32 [n, D], fed to load_data
+  # Many SGD steps and their evaluations in one session.run (run_steps),
+  # on data held in the graph (loaded by load_data from the placeholders).
+  train_x: tf.Tensor  # placeholder float32 [n, D]
   train_y: tf.Tensor  # placeholder int64 [n]
+  validation_x: tf.Tensor  # placeholder float32 [m, D]
+  validation_y: tf.Tensor  # placeholder int64 [m]
   load_data: tf.Operation
-  step_indices: tf.Tensor  # placeholder int32 [steps, batch]
-  run_steps: Tuple[tf.Tensor, tf.Tensor]  # last batch's (xent, accuracy)
-  # Measured after run_steps' updates, in the same session.run: (xent,
-  # accuracy) of bottleneck_input/ground_truth, and weight/bias histograms.
-  evaluate_after_steps: Tuple[tf.Tensor, tf.Tensor]
-  histograms_after_steps: tf.Tensor  # serialized Summary
+  step_indices: tf.Tensor  # placeholder int32 [steps, batch], rows of train_x
+  evaluate_after: tf.Tensor  # placeholder bool [steps]: evaluate after step?
+  validation_indices: tf.Tensor  # placeholder int32 [evaluations, v], rows
+  # of validation_x; each an [evaluations] tensor: train_cross_entropy,
+  # train_accuracy (the step's batch, before its update),
+  # validation_cross_entropy, validation_accuracy (after it), histograms
+  # (serialized Summary of the weights and biases).
+  run_steps: Dict[str, tf.Tensor]
 
 
 class EvalPoint(NamedTuple):
@@ -108,47 +113,67 @@ def build_training_graph(bottleneck_size: int, class_count: int,
     logits, cross_entropy, accuracy = metrics(bottleneck_input, ground_truth)
     final_tensor = tf.nn.softmax(logits, name=final_tensor_name)
 
-    # The fast path: training data live in the graph and a while loop runs
-    # one SGD step per row of step_indices, so a whole evaluation interval
-    # costs one session.run. Each step's metrics are measured on its batch
-    # before its update; the loop returns the last step's.
+    # The fast path: data live in the graph and a while loop runs one SGD
+    # step per row of step_indices, evaluating where evaluate_after says, so
+    # a whole chunk of training costs one session.run.
     with tf.name_scope("train_data"):
-      train_x = tf1.placeholder(tf.float32, [None, bottleneck_size], "x")
-      train_y = tf1.placeholder(tf.int64, [None], "y")
-      data_x = tf1.Variable(train_x, trainable=False, validate_shape=False,
-                            collections=[], name="data_x")
-      data_y = tf1.Variable(train_y, trainable=False, validate_shape=False,
-                            collections=[], name="data_y")
-      load_data = tf.group(data_x.initializer, data_y.initializer)
+      def data_variable(dtype, shape, name):
+        value = tf1.placeholder(dtype, shape, name)
+        return value, tf1.Variable(value, trainable=False,
+                                   validate_shape=False, collections=[],
+                                   name="data_" + name)
+      train_x, data_x = data_variable(tf.float32, [None, bottleneck_size], "x")
+      train_y, data_y = data_variable(tf.int64, [None], "y")
+      validation_x, data_vx = data_variable(
+          tf.float32, [None, bottleneck_size], "validation_x")
+      validation_y, data_vy = data_variable(tf.int64, [None], "validation_y")
+      load_data = tf.group(*[v.initializer for v in (data_x, data_y, data_vx,
+                                                     data_vy)])
       step_indices = tf1.placeholder(tf.int32, [None, None], "step_indices")
+      evaluate_after = tf1.placeholder(tf.bool, [None], "evaluate_after")
+      validation_indices = tf1.placeholder(tf.int32, [None, None],
+                                           "validation_indices")
+    evaluations = tf.shape(validation_indices)[0]
+    names = ("train_cross_entropy", "train_accuracy",
+             "validation_cross_entropy", "validation_accuracy")
 
-    def body(i, unused_xent, unused_acc):
+    def body(i, k, arrays):
       rows = step_indices[i]
       _, xent, acc = metrics(tf.gather(data_x, rows), tf.gather(data_y, rows))
       with tf.control_dependencies([xent, acc]):
         update = optimizer.minimize(xent)
-      with tf.control_dependencies([update]):
-        return i + 1, tf.identity(xent), tf.identity(acc)
 
-    _, last_xent, last_acc = tf1.while_loop(
+      def evaluate():
+        vrows = validation_indices[k]
+        _, vxent, vacc = metrics(tf.gather(data_vx, vrows),
+                                 tf.gather(data_vy, vrows))
+        histograms = tf1.summary.merge([
+            tf1.summary.histogram("final_weights", tf.identity(weights)),
+            tf1.summary.histogram("final_biases", tf.identity(biases))])
+        values = (xent, acc, vxent, vacc, histograms)
+        return k + 1, tuple(a.write(k, v) for a, v in zip(arrays, values))
+
+      with tf.control_dependencies([update]):
+        k, arrays = tf.cond(evaluate_after[i], evaluate,
+                            lambda: (tf.identity(k), arrays))
+        return i + 1, k, arrays
+
+    arrays = tuple(tf.TensorArray(dtype, size=evaluations)
+                   for dtype in [tf.float32] * 4 + [tf.string])
+    _, _, arrays = tf1.while_loop(
         lambda i, *_: i < tf.shape(step_indices)[0], body,
-        [tf.constant(0), tf.constant(0.0), tf.constant(0.0)],
+        [tf.constant(0), tf.constant(0), arrays],
         name="train_steps")
-    # Evaluation and histograms in the same session.run, after the steps.
-    with tf.control_dependencies([last_xent, last_acc]):
-      _, eval_xent, eval_acc = metrics(bottleneck_input, ground_truth)
-      histograms = tf1.summary.merge([
-          tf1.summary.histogram("final_weights", tf.identity(weights)),
-          tf1.summary.histogram("final_biases", tf.identity(biases)),
-      ])
+    run_steps = {name: a.stack() for name, a in zip(
+        names + ("histograms",), arrays)}
     init = tf1.global_variables_initializer()
     saver = tf1.train.Saver([weights, biases])
   graph.finalize()
   return TrainingGraph(graph, bottleneck_input, ground_truth, weights, biases,
                        final_tensor, cross_entropy, accuracy, init, saver,
-                       train_x, train_y, load_data, step_indices,
-                       (last_xent, last_acc), (eval_xent, eval_acc),
-                       histograms)
+                       train_x, train_y, validation_x, validation_y,
+                       load_data, step_indices, evaluate_after,
+                       validation_indices, run_steps)
 
 
 def scalar_summary(cross_entropy: float, accuracy: float) -> tf1.Summary:
@@ -220,59 +245,94 @@ def train(tg: TrainingGraph, session: tf1.Session, train_set: LabeledBottlenecks
   rng = np.random.default_rng(hparams.random_seed)
   sampler = SAMPLERS[hparams.class_sampling](train_set.y, class_count, rng)
   session.run(tg.init)
-  # A training set kept on disk (rows given) is read a few batches at a
-  # time: only the items each evaluation interval samples enter the graph.
-  streaming = train_set.rows is not None
+  # A set kept on disk (rows given) is read a chunk at a time: only the
+  # items the chunk samples enter the graph. Others are loaded once.
+  streaming = train_set.rows is not None or validation_set.rows is not None
   if not streaming:
-    session.run(tg.load_data, {tg.train_x: train_set.x,
-                               tg.train_y: train_set.y})
+    _load(tg, session, train_set, validation_set)
   history = []
   steps = hparams.how_many_training_steps
-  interval = hparams.eval_step_interval
-  if on_interval and store_every > 0:
-    interval = int(np.gcd(interval, store_every))
+  every = hparams.eval_step_interval
   done = 0
   while done < steps:
-    chunk = min(interval - done % interval, steps - done)
-    indices = np.stack([sampler.sample(hparams.train_batch_size)
-                        for _ in range(chunk)]).astype(np.int32)
+    end = _chunk_end(done, steps, store_every if on_interval else 0)
+    # Same random draws, in the same order, however steps are chunked.
+    step_rows, val_rows, eval_steps = [], [], []
+    for step in range(done + 1, end + 1):
+      step_rows.append(sampler.sample(hparams.train_batch_size))
+      if step % every == 0 or step == steps:
+        eval_steps.append(step)
+        val_rows.append(sample_subset(len(validation_set),
+                                      hparams.validation_batch_size, rng))
+    step_rows = np.stack(step_rows)
+    val_rows = (np.stack(val_rows) if val_rows
+                else np.zeros((0, 0), np.int64))
     if streaming:
-      rows, local = np.unique(indices, return_inverse=True)
-      session.run(tg.load_data, {tg.train_x: train_set.take(rows),
-                                 tg.train_y: train_set.y[rows]})
-      indices = local.reshape(indices.shape).astype(np.int32)
-    done += chunk
-    is_eval = done % hparams.eval_step_interval == 0 or done == steps
-    feed = {tg.step_indices: indices}
-    fetches = {"train": tg.run_steps}
-    if is_eval and len(validation_set):
-      vidx = sample_subset(len(validation_set), hparams.validation_batch_size,
-                           rng)
-      feed[tg.bottleneck_input] = validation_set.take(vidx)
-      feed[tg.ground_truth] = validation_set.y[vidx]
-      fetches["validation"] = tg.evaluate_after_steps
-    if is_eval and train_writer:
-      fetches["histograms"] = tg.histograms_after_steps
-    out = session.run(fetches, feed)
-    xent, acc = (float(v) for v in out["train"])
-    if is_eval:
+      step_rows, val_rows = _load_rows(tg, session, train_set, step_rows,
+                                       validation_set, val_rows)
+    out = session.run(tg.run_steps, {
+        tg.step_indices: step_rows.astype(np.int32),
+        tg.evaluate_after: np.isin(np.arange(done + 1, end + 1), eval_steps),
+        tg.validation_indices: val_rows.astype(np.int32)})
+    for k, step in enumerate(eval_steps):
+      xent = float(out["train_cross_entropy"][k])
+      acc = float(out["train_accuracy"][k])
       val_acc = None
       if train_writer:
-        train_writer.add_summary(scalar_summary(xent, acc), done)
-        train_writer.add_summary(out["histograms"], done)
-      if "validation" in out:
-        val_xent, val_acc = (float(v) for v in out["validation"])
+        train_writer.add_summary(scalar_summary(xent, acc), step)
+        train_writer.add_summary(out["histograms"][k], step)
+      if len(validation_set):
+        val_acc = float(out["validation_accuracy"][k])
         if validation_writer:
-          validation_writer.add_summary(scalar_summary(val_xent, val_acc),
-                                        done)
-      history.append(EvalPoint(done, acc, xent, val_acc))
+          validation_writer.add_summary(scalar_summary(
+              float(out["validation_cross_entropy"][k]), val_acc), step)
+      history.append(EvalPoint(step, acc, xent, val_acc))
       val_text = ("n/a (no validation images)" if val_acc is None else
-                  f"{val_acc * 100:.1f}% (N={len(vidx)})")
-      log(done, f"train accuracy {acc * 100:.1f}%, cross entropy "
+                  f"{val_acc * 100:.1f}% (N={val_rows.shape[1]})")
+      log(step, f"train accuracy {acc * 100:.1f}%, cross entropy "
           f"{xent:.4f}, validation accuracy {val_text}")
+    done = end
     if on_interval and store_every > 0 and done % store_every == 0:
       on_interval(done)
   return history
+
+
+# Steps per session.run (fewer where intermediate graphs are stored).
+CHUNK_STEPS = 500
+
+
+def _chunk_end(done: int, steps: int, store_every: int) -> int:
+  """The last step of the chunk that starts after step `done`."""
+  end = min(steps, done + CHUNK_STEPS)
+  if store_every > 0:
+    end = min(end, (done // store_every + 1) * store_every)
+  return end
+
+
+def _load(tg: TrainingGraph, session: tf1.Session,
+          train_set: LabeledBottlenecks, validation_set: LabeledBottlenecks,
+          train_items: Optional[np.ndarray] = None,
+          validation_items: Optional[np.ndarray] = None) -> None:
+  """Loads the sets (or the given items of them) into the graph."""
+  def part(labeled, items):
+    if items is None:
+      items = np.arange(len(labeled))
+    return labeled.take(items), labeled.y[items]
+  x, y = part(train_set, train_items)
+  vx, vy = part(validation_set, validation_items)
+  session.run(tg.load_data, {tg.train_x: x, tg.train_y: y,
+                             tg.validation_x: vx, tg.validation_y: vy})
+
+
+def _load_rows(tg: TrainingGraph, session: tf1.Session,
+               train_set: LabeledBottlenecks, step_rows: np.ndarray,
+               validation_set: LabeledBottlenecks, val_rows: np.ndarray
+               ) -> Tuple[np.ndarray, np.ndarray]:
+  """Loads only the sampled items; returns the indices renumbered to them."""
+  items, local = np.unique(step_rows, return_inverse=True)
+  val_items, val_local = np.unique(val_rows, return_inverse=True)
+  _load(tg, session, train_set, validation_set, items, val_items)
+  return local.reshape(step_rows.shape), val_local.reshape(val_rows.shape)
 
 
 def predict(tg: TrainingGraph, session: tf1.Session,

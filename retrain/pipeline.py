@@ -211,27 +211,21 @@ def compute_bottlenecks(image_lists: images.ImageLists, fx: FeatureExtractor,
   truth = np.array(truth, np.int64)
   category = np.array(category)
   copies = config.copies()
-  # Bottlenecks larger than the memory budget stay memory-mapped from the
-  # cache's index and are read where needed (augmented sets are in memory).
-  on_disk = not copies and result.vectors.nbytes > in_memory_limit(config)
-  if on_disk:
-    logging.info("Bottlenecks (%.0f MB) exceed --max_in_memory_mb; training "
-                 "reads them from the memory-mapped cache index",
-                 result.vectors.nbytes / 2**20)
+  # The sets refer to rows of the memory-mapped index: nothing is loaded
+  # yet (see keep_in_memory).
   sets = {}
   for cat in images.CATEGORIES:
     keep = (category == cat) & result.ok
     rows = np.flatnonzero(keep)
     sets[cat] = train.LabeledBottlenecks(
-        result.vectors if on_disk else np.array(result.vectors[rows]),
-        truth[keep], [refs[i].path for i in rows], rows if on_disk else None)
+        result.vectors, truth[keep], [refs[i].path for i in rows], rows)
   augmented = 0
   if copies:
     distortions = config.distortions()
     train_keep = (category == images.TRAINING) & result.ok
     train_refs = [r for r, k in zip(refs, train_keep) if k]
-    xs, ys, paths = [sets[images.TRAINING].x], [truth[train_keep]], list(
-        sets[images.TRAINING].paths)
+    xs, ys, paths = [sets[images.TRAINING].in_memory().x], [
+        truth[train_keep]], list(sets[images.TRAINING].paths)
     for copy in range(1, copies + 1):
       tag = augmented_tag(fx.tag, distortions, random_seed, copy)
       filled = _fill(cache.BottleneckCache(config.bottleneck_dir, tag),
@@ -252,6 +246,19 @@ def compute_bottlenecks(image_lists: images.ImageLists, fx: FeatureExtractor,
                  "(%s), %d computed, the rest from cache", copies,
                  len(train_refs), distortions, augmented)
   return sets, result, augmented
+
+
+def keep_in_memory(sets: Dict[str, train.LabeledBottlenecks],
+                   config: RunConfig) -> Dict[str, train.LabeledBottlenecks]:
+  """The sets loaded into memory, unless larger than the memory budget; then
+  training reads them where needed from the memory-mapped cache index."""
+  size = sum(len(s) * s.x.shape[1] * 4 for s in sets.values()
+             if s.rows is not None)
+  if size <= in_memory_limit(config):
+    return {cat: s.in_memory() for cat, s in sets.items()}
+  logging.info("Bottlenecks (%.0f MB) exceed --max_in_memory_mb; training "
+               "reads them from the memory-mapped cache index", size / 2**20)
+  return sets
 
 
 def in_memory_limit(config: RunConfig) -> int:  # bytes
@@ -351,6 +358,7 @@ def run(config: RunConfig, hparams: HParams = HParams(),
   logging.info("Images: %d training, %d validation, %d testing",
                sizes[images.TRAINING], sizes[images.VALIDATION],
                sizes[images.TESTING])
+  sets = keep_in_memory(sets, config)
   train_set = sets[images.TRAINING]
   present = set(train_set.y.tolist())
   if len(present) < 2:

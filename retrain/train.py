@@ -34,6 +34,13 @@ class LabeledBottlenecks:
   def __len__(self) -> int:
     return len(self.y)
 
+  def in_memory(self) -> "LabeledBottlenecks":
+    """The same set with its vectors as one in-memory array."""
+    if self.rows is None:
+      return self
+    return LabeledBottlenecks(self.take(np.arange(len(self))), self.y,
+                              self.paths)
+
   def take(self, indices: np.ndarray) -> np.ndarray:
     """float32 [len(indices), D]: the vectors of the given items."""
     if self.rows is None:
@@ -102,9 +109,9 @@ def build_training_graph(bottleneck_size: int, class_count: int,
       biases = tf.Variable(tf.zeros([class_count]), name="final_biases")
     optimizer = tf1.train.GradientDescentOptimizer(hparams.learning_rate)
 
-    def metrics(x, y):
+    def metrics(x, y, w=weights, b=biases):
       """(logits, cross entropy, accuracy) of bottlenecks x, labels y."""
-      logits = tf.matmul(x, weights) + biases
+      logits = tf.matmul(x, w) + b
       xent = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
           labels=y, logits=logits))
       correct = tf.equal(tf.argmax(logits, 1), y)
@@ -143,13 +150,18 @@ def build_training_graph(bottleneck_size: int, class_count: int,
       with tf.control_dependencies([xent, acc]):
         update = optimizer.minimize(xent)
 
+      # The updated values, read here so that the evaluation's inputs
+      # depend on the update (a read inside the cond could run before it).
+      with tf.control_dependencies([update]):
+        new_w, new_b = weights.read_value(), biases.read_value()
+
       def evaluate():
         vrows = validation_indices[k]
         _, vxent, vacc = metrics(tf.gather(data_vx, vrows),
-                                 tf.gather(data_vy, vrows))
+                                 tf.gather(data_vy, vrows), new_w, new_b)
         histograms = tf1.summary.merge([
-            tf1.summary.histogram("final_weights", tf.identity(weights)),
-            tf1.summary.histogram("final_biases", tf.identity(biases))])
+            tf1.summary.histogram("final_weights", new_w),
+            tf1.summary.histogram("final_biases", new_b)])
         values = (xent, acc, vxent, vacc, histograms)
         return k + 1, tuple(a.write(k, v) for a, v in zip(arrays, values))
 

@@ -17,6 +17,7 @@ import numpy as np
 import tensorflow as tf
 from google.protobuf import message as pb_message
 
+from cache.atomic import atomic_write_bytes
 from cache.naming import model_tag
 from retrain import preprocess, safety
 from retrain.config import ModelOptions
@@ -104,9 +105,14 @@ def build_bottleneck(fx: FeatureExtractor, images: tf.Tensor) -> tf.Tensor:
   return tf.reshape(out, [-1, fx.bottleneck_size], name="bottleneck")
 
 
-def load_feature_extractor(options: ModelOptions) -> FeatureExtractor:
+def load_feature_extractor(options: ModelOptions,
+                           cache_dir: Optional[str] = None) -> FeatureExtractor:
   """Loads the model `options` names.
 
+  Args:
+    options: the model.
+    cache_dir: where a TF-Hub module frozen to a GraphDef is kept (in
+      MODULE_CACHE), so later runs skip loading and freezing it (seconds).
   Raises:
     UserError: missing file, not a model, wrong tensor names, a module that
       is not an image feature vector, or a handle that cannot be downloaded.
@@ -119,7 +125,7 @@ def load_feature_extractor(options: ModelOptions) -> FeatureExtractor:
   if not options.tfhub_module:
     raise UserError("no model given: pass --graph=PATH.pb or "
                     "--tfhub_module=HANDLE_OR_DIR")
-  return _load_tfhub(options)
+  return _load_tfhub(options, cache_dir)
 
 
 # ---------------------------------------------------------------- GraphDef --
@@ -245,7 +251,8 @@ def _load_graph(options: ModelOptions) -> FeatureExtractor:
                     "for inputs in [-1, 1], 0 and 255 for [0, 1])")
   source_tensor = _batch_safe_bottleneck(graph_def, bottleneck)
   rule = preprocess.PREPROCESSINGS[options.preprocessing]
-  digest = _digest([path], rule, input_tensor, bottleneck, size, mean, std)
+  digest = _digest(_files_digest([path]), rule, input_tensor, bottleneck,
+                   size, mean, std)
   name = os.path.join(os.path.basename(os.path.dirname(os.path.abspath(path))),
                       os.path.splitext(os.path.basename(path))[0])
   fx = FeatureExtractor(graph_def, input_tensor, source_tensor,
@@ -254,9 +261,8 @@ def _load_graph(options: ModelOptions) -> FeatureExtractor:
   return _with_bottleneck_size(fx, f"--bottleneck_tensor={bottleneck}")
 
 
-def _digest(files: Sequence[str], rule: preprocess.Preprocessing,
-            *params) -> str:
-  """A digest of the model files' contents and of how the model is used."""
+def _files_digest(files: Sequence[str]) -> str:
+  """A digest of the files' contents (and their order)."""
   h = hashlib.sha1()
   for path in files:
     file_hash = hashlib.sha1()
@@ -264,6 +270,13 @@ def _digest(files: Sequence[str], rule: preprocess.Preprocessing,
       for chunk in iter(lambda: f.read(1 << 20), b""):
         file_hash.update(chunk)
     h.update(file_hash.digest())
+  return h.hexdigest()
+
+
+def _digest(files_digest: str, rule: preprocess.Preprocessing,
+            *params) -> str:
+  """A digest of the model files' contents and of how the model is used."""
+  h = hashlib.sha1(files_digest.encode())
   h.update(json.dumps([rule.version()] + [str(p) for p in params]
                       ).encode())
   return h.hexdigest()
@@ -405,12 +418,57 @@ def _pick_signature(obj, handle: str):
       f"{'; '.join(described[:3]) or 'no signatures'}")
 
 
-def _load_tfhub(options: ModelOptions) -> FeatureExtractor:
+# Folder (in the cache_dir given to load_feature_extractor) of TF-Hub modules
+# frozen to GraphDefs: <files digest>-<key>.pb and .json.
+MODULE_CACHE = ".frozen_modules"
+_FREEZE_VERSION = "1"
+
+
+def _frozen_module_paths(cache_dir: str, files_digest: str,
+                         options: ModelOptions) -> Tuple[str, str]:
+  key = hashlib.sha1(json.dumps(
+      [_FREEZE_VERSION, files_digest, list(options.input_size or [])]
+  ).encode()).hexdigest()[:16]
+  stem = os.path.join(cache_dir, MODULE_CACHE, key)
+  return stem + ".pb", stem + ".json"
+
+
+def _read_frozen_module(paths: Tuple[str, str]) -> Optional[Tuple]:
+  """(graph_def, input tensor, bottleneck tensor, size) or None."""
+  try:
+    with open(paths[1]) as f:
+      meta = json.load(f)
+    graph_def = tf1.GraphDef()
+    with open(paths[0], "rb") as f:
+      graph_def.ParseFromString(f.read())
+    return (graph_def, meta["input_tensor"], meta["bottleneck_tensor"],
+            tuple(meta["input_size"]))
+  except (OSError, ValueError, KeyError, TypeError, pb_message.DecodeError):
+    return None
+
+
+def _write_frozen_module(paths: Tuple[str, str], graph_def: tf1.GraphDef,
+                         input_tensor: str, bottleneck: str,
+                         size: Tuple[int, int]) -> None:
+  """Keeps the frozen module for later runs; a failure only costs time."""
+  try:
+    atomic_write_bytes(paths[0], graph_def.SerializeToString())
+    atomic_write_bytes(paths[1], json.dumps(dict(
+        input_tensor=input_tensor, bottleneck_tensor=bottleneck,
+        input_size=list(size))).encode())
+  except OSError:
+    pass
+
+
+def _freeze_module(options: ModelOptions, path: str):
+  """Loads a SavedModel and freezes its feature vector function.
+
+  Returns (graph_def, input tensor, bottleneck tensor, (H, W)).
+  """
   # pylint: disable=g-import-not-at-top
   import tensorflow_hub as hub
   from tensorflow.python.framework import convert_to_constants
   handle = options.tfhub_module
-  path = _resolve_handle(handle)
   try:
     obj = hub.load(path)
   except Exception as e:  # pylint: disable=broad-except
@@ -420,10 +478,6 @@ def _load_tfhub(options: ModelOptions) -> FeatureExtractor:
   static = spec.shape[1:3].as_list()
   if None not in static:
     size = tuple(static)
-    if options.input_size and tuple(options.input_size) != size:
-      raise UserError(f"--input_size={options.input_size[0]},"
-                      f"{options.input_size[1]} does not match the module's "
-                      f"input size {size[0]},{size[1]}; leave it out")
   elif options.input_size:
     size = tuple(options.input_size)
   else:
@@ -440,20 +494,40 @@ def _load_tfhub(options: ModelOptions) -> FeatureExtractor:
                       "vector module: calling it on images gives "
                       f"{fn.structured_outputs}, not [batch, features]")
   frozen = convert_to_constants.convert_variables_to_constants_v2(fn)
-  graph_def = frozen.graph.as_graph_def()
-  _check_safe(graph_def, f"--tfhub_module={handle}",
-              options.allow_unsafe_graph_ops)
   inputs = [t for t in frozen.inputs if t.dtype == tf.float32]
-  input_tensor = inputs[0].name
-  bottleneck = frozen.outputs[out_index].name
-  mean = 0.0 if options.input_mean is None else options.input_mean
-  std = 255.0 if options.input_std is None else options.input_std
+  return (frozen.graph.as_graph_def(), inputs[0].name,
+          frozen.outputs[out_index].name, size)
+
+
+def _load_tfhub(options: ModelOptions,
+                cache_dir: Optional[str] = None) -> FeatureExtractor:
+  handle = options.tfhub_module
+  path = _resolve_handle(handle)
   files = []
   for root, dirs, names in os.walk(path):
     dirs.sort()
     files += [os.path.join(root, n) for n in sorted(names)]
+  files_digest = _files_digest(files)
+  paths = (_frozen_module_paths(cache_dir, files_digest, options)
+           if cache_dir else None)
+  cached = _read_frozen_module(paths) if paths else None
+  if cached:
+    graph_def, input_tensor, bottleneck, size = cached
+  else:
+    graph_def, input_tensor, bottleneck, size = _freeze_module(options, path)
+  if options.input_size and tuple(options.input_size) != tuple(size):
+    raise UserError(f"--input_size={options.input_size[0]},"
+                    f"{options.input_size[1]} does not match the module's "
+                    f"input size {size[0]},{size[1]}; leave it out")
+  # Checked every time, cached or not: the cache folder is not trusted more
+  # than the module.
+  _check_safe(graph_def, f"--tfhub_module={handle}",
+              options.allow_unsafe_graph_ops)
+  mean = 0.0 if options.input_mean is None else options.input_mean
+  std = 255.0 if options.input_std is None else options.input_std
   rule = preprocess.PREPROCESSINGS[options.preprocessing]
-  digest = _digest(files, rule, input_tensor, bottleneck, size, mean, std)
+  digest = _digest(files_digest, rule, input_tensor, bottleneck, size, mean,
+                   std)
   name = handle.rstrip("/")
   name = "_".join(name.split("/")[-2:]) if "://" in name else (
       os.path.basename(os.path.dirname(os.path.abspath(name))) + "_" +
@@ -461,4 +535,7 @@ def _load_tfhub(options: ModelOptions) -> FeatureExtractor:
   fx = FeatureExtractor(graph_def, input_tensor, bottleneck,
                         (int(size[0]), int(size[1])), float(mean), float(std),
                         0, model_tag(name, digest), handle, "tfhub", rule)
-  return _with_bottleneck_size(fx, f"--tfhub_module={handle}")
+  fx = _with_bottleneck_size(fx, f"--tfhub_module={handle}")
+  if paths and not cached:
+    _write_frozen_module(paths, graph_def, input_tensor, bottleneck, size)
+  return fx

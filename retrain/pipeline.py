@@ -339,7 +339,7 @@ def run(config: RunConfig, hparams: HParams = HParams(),
   check_config(config, hparams)
   image_lists = images.list_images(config.image_dir, config.testing_percentage,
                                    config.validation_percentage)
-  fx = load_feature_extractor(model_options)
+  fx = load_feature_extractor(model_options, config.bottleneck_dir)
   for warning in image_lists.warnings:
     logging.warning("%s", warning)
   labels = image_lists.labels

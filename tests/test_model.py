@@ -149,3 +149,49 @@ def test_unknown_graph_works_with_flags(tmp_path):
       graph=str(path), tfhub_module="", input_tensor="x",
       bottleneck_tensor="feat", input_mean=0, input_std=1))
   assert fx.input_size == (8, 8) and fx.bottleneck_size == 3
+
+
+def test_frozen_tfhub_module_is_cached_for_later_runs(small_models, tmp_path,
+                                                      monkeypatch):
+  options = ModelOptions(tfhub_module=small_models["hub"])
+  first = model.load_feature_extractor(options, str(tmp_path))
+  folder = tmp_path / model.MODULE_CACHE
+  assert sorted(p.suffix for p in folder.iterdir()) == [".json", ".pb"]
+
+  def no_freezing(*args):
+    raise AssertionError("the module was loaded again")
+  monkeypatch.setattr(model, "_freeze_module", no_freezing)
+  second = model.load_feature_extractor(options, str(tmp_path))
+  assert (second.tag, second.input_tensor, second.bottleneck_tensor,
+          second.input_size, second.bottleneck_size) == (
+              first.tag, first.input_tensor, first.bottleneck_tensor,
+              first.input_size, first.bottleneck_size)
+  images = np.random.default_rng(1).uniform(0, 255, (3, 64, 64, 3)).astype(
+      np.float32)
+  np.testing.assert_array_equal(_features(second, images),
+                                _features(first, images))
+  # A damaged cache entry is rebuilt, never trusted.
+  monkeypatch.undo()
+  for p in folder.iterdir():
+    if p.suffix == ".pb":
+      p.write_bytes(b"\x00garbage")
+  third = model.load_feature_extractor(options, str(tmp_path))
+  assert third.tag == first.tag
+  np.testing.assert_array_equal(_features(third, images),
+                                _features(first, images))
+
+
+def test_cached_frozen_module_is_checked_for_unsafe_ops(small_models,
+                                                        tmp_path):
+  options = ModelOptions(tfhub_module=small_models["hub"])
+  model.load_feature_extractor(options, str(tmp_path))
+  pb = next(p for p in (tmp_path / model.MODULE_CACHE).iterdir()
+            if p.suffix == ".pb")
+  graph_def = tf.compat.v1.GraphDef()
+  graph_def.ParseFromString(pb.read_bytes())
+  with tf.Graph().as_default() as g:
+    tf.compat.v1.import_graph_def(graph_def, name="")
+    tf.io.read_file("/etc/hostname", name="sneaky")
+  pb.write_bytes(g.as_graph_def().SerializeToString())
+  with pytest.raises(UserError, match=r"\(ReadFile\); refusing"):
+    model.load_feature_extractor(options, str(tmp_path))

@@ -8,7 +8,7 @@ import os
 import numpy as np
 import pytest
 
-from retrain import pipeline
+from retrain import model, pipeline
 from retrain.config import HParams, ModelOptions
 from retrain.errors import UserError
 from tests import helpers
@@ -56,7 +56,8 @@ def test_run_learns_and_writes_every_output(trained):
       os.path.join(config.summaries_dir, runs[0]))) == ["train", "validation"]
   # One sidecar per image, in folders mirroring the classes, and the
   # model's packed index; no temp files.
-  cached = helpers.files_under(config.bottleneck_dir)
+  cached = {p for p in helpers.files_under(config.bottleneck_dir)
+            if not p.startswith(model.MODULE_CACHE + os.sep)}
   assert len(cached) == 73
   assert [p for p in cached if os.sep not in p] == [
       result.model["tag"] + ".index"]
@@ -246,3 +247,18 @@ def test_bottlenecks_over_the_memory_budget_train_from_disk_identically(
                              atol=1e-6)
   np.testing.assert_allclose(again.test_probabilities,
                              result.test_probabilities, atol=1e-6)
+
+
+def test_label_image_uses_the_preprocessing_the_json_records():
+  from retrain import label_image, preprocess
+  recorded = {"model": {"preprocessing": preprocess.Preprocessing(
+      jpeg_dct_keep=0, antialias_over=1.0).describe()}}
+  assert label_image._preprocessing(recorded) == preprocess.PREPROCESSINGS[
+      "exact"]
+  assert label_image._preprocessing({"model": {"preprocessing": (
+      preprocess.PREPROCESSINGS["fast"].describe())}}) == (
+          preprocess.PREPROCESSINGS["fast"])
+  # Exports written before the rule was recorded used DCT keep 2x and
+  # always antialiased.
+  assert label_image._preprocessing({"model": {}}) == preprocess.Preprocessing(
+      jpeg_dct_keep=2, antialias_over=1.0)

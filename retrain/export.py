@@ -34,15 +34,27 @@ SAVED_MODEL_LABELS = "labels.txt"
 SAVED_MODEL_METADATA = "retrain.json"
 
 
+# Names of the retrained layer's constants in every exported graph.
+WEIGHTS_NODE = "final_weights"
+BIASES_NODE = "final_biases"
+
+
 def _add_classifier(fx: FeatureExtractor, image: tf.Tensor,
-                    weights: np.ndarray, biases: np.ndarray,
-                    final_tensor_name: str) -> tf.Tensor:
-  """image [batch, H, W, 3] in [0, 255] -> softmax [batch, classes]."""
+                    weights, biases, final_tensor_name: str) -> tf.Tensor:
+  """image [batch, H, W, 3] in [0, 255] -> softmax [batch, classes].
+
+  weights [D, classes] and biases [classes]: arrays (made constants), or
+  None for placeholders that fill_final_layer turns into constants.
+  """
   bottleneck = build_bottleneck(fx, image)
-  logits = tf.nn.bias_add(
-      tf.matmul(bottleneck, tf.constant(weights, tf.float32,
-                                        name="final_weights")),
-      tf.constant(biases, tf.float32, name="final_biases"))
+
+  def layer(value, shape, name):
+    if value is None:
+      return tf1.placeholder(tf.float32, shape, name=name)
+    return tf.constant(value, tf.float32, name=name)
+  w = layer(weights, [fx.bottleneck_size, None], WEIGHTS_NODE)
+  b = layer(biases, [None], BIASES_NODE)
+  logits = tf.nn.bias_add(tf.matmul(bottleneck, w), b)
   return tf.nn.softmax(logits, name=final_tensor_name)
 
 
@@ -60,6 +72,19 @@ def build_inference_graph_def(fx: FeatureExtractor, weights: np.ndarray,
     weights: float32 [D, classes]; biases: float32 [classes].
     final_tensor_name: name of the softmax output.
   """
+  return fill_final_layer(inference_graph_template(fx, final_tensor_name),
+                          weights, biases)
+
+
+def inference_graph_template(fx: FeatureExtractor,
+                             final_tensor_name: str = "final_result"
+                             ) -> tf1.GraphDef:
+  """build_inference_graph_def with placeholders for the retrained layer.
+
+  The slow part of an export (graph building and optimization, about half a
+  second) does not depend on the weights, so it can run while training does;
+  fill_final_layer then makes a graph for any weights in milliseconds.
+  """
   graph = tf.Graph()
   with graph.as_default():
     image_bytes = tf1.placeholder(tf.string, [None], name=BYTES_INPUT)
@@ -68,8 +93,29 @@ def build_inference_graph_def(fx: FeatureExtractor, weights: np.ndarray,
     image = tf1.placeholder_with_default(
         decoded, [None, fx.input_size[0], fx.input_size[1], 3],
         name=IMAGE_INPUT)
-    _add_classifier(fx, image, weights, biases, final_tensor_name)
+    _add_classifier(fx, image, None, None, final_tensor_name)
   return optimize_for_inference(graph, [final_tensor_name])
+
+
+def fill_final_layer(template: tf1.GraphDef, weights: np.ndarray,
+                     biases: np.ndarray) -> tf1.GraphDef:
+  """A copy of `template` with the retrained layer's placeholders replaced by
+  constants: weights float32 [D, classes], biases float32 [classes]."""
+  graph_def = tf1.GraphDef()
+  graph_def.CopyFrom(template)
+  values = {WEIGHTS_NODE: weights, BIASES_NODE: biases}
+  filled = set()
+  for node in graph_def.node:
+    if node.name in values and node.op == "Placeholder":
+      value = np.asarray(values[node.name], np.float32)
+      node.op = "Const"
+      node.ClearField("attr")
+      node.attr["dtype"].type = tf.float32.as_datatype_enum
+      node.attr["value"].tensor.CopyFrom(tf.make_tensor_proto(value))
+      filled.add(node.name)
+  if filled != set(values):
+    raise ValueError(f"template lacks {set(values) - filled}")
+  return graph_def
 
 
 def optimize_for_inference(graph: tf.Graph,

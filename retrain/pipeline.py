@@ -4,12 +4,14 @@
 config tuples and calls it.
 """
 
+import concurrent.futures
 import dataclasses
 import datetime
 import hashlib
 import os
 import re
 import tempfile
+import threading
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -288,14 +290,27 @@ def _image_summary(tag: str, image: np.ndarray) -> tf1.Summary:
           width=image.shape[1], colorspace=3))])
 
 
-def _intermediate_exporter(config: RunConfig, fx: FeatureExtractor,
+def _in_background(fn: Callable, *args) -> concurrent.futures.Future:
+  """fn(*args) started on a daemon thread; its result or error as a Future."""
+  future: concurrent.futures.Future = concurrent.futures.Future()
+
+  def work() -> None:
+    try:
+      future.set_result(fn(*args))
+    except BaseException as e:  # pylint: disable=broad-except
+      future.set_exception(e)
+  threading.Thread(target=work, daemon=True).start()
+  return future
+
+
+def _intermediate_exporter(config: RunConfig,
+                           template: concurrent.futures.Future,
                            tg: train.TrainingGraph, session: tf1.Session,
                            metadata: Dict[str, object],
                            written: List[str]) -> Callable[[int], None]:
   def store(step: int) -> None:
     weights, biases = train.final_layer(tg, session)
-    graph_def = export.build_inference_graph_def(fx, weights, biases,
-                                                 config.final_tensor_name)
+    graph_def = export.fill_final_layer(template.result(), weights, biases)
     path = os.path.join(config.intermediate_output_graphs_dir,
                         f"intermediate_{step}.pb")
     export.write_frozen_graph(path, graph_def, dict(metadata, step=step))
@@ -374,6 +389,10 @@ def run(config: RunConfig, hparams: HParams = HParams(),
   metadata = dict(common, labels=os.path.abspath(config.output_labels),
                   **export.io_description(fx, config.final_tensor_name))
   outputs: List[str] = []
+  # The export graph does not depend on the weights: build and optimize it
+  # while training runs (session.run releases the GIL).
+  template = _in_background(export.inference_graph_template, fx,
+                            config.final_tensor_name)
   tg = train.build_training_graph(fx.bottleneck_size, len(labels), hparams,
                                   config.final_tensor_name)
   writers = []
@@ -402,7 +421,7 @@ def run(config: RunConfig, hparams: HParams = HParams(),
           hparams, log=log_eval,
           train_writer=writers[0] if writers else None,
           validation_writer=writers[1] if writers else None,
-          on_interval=_intermediate_exporter(config, fx, tg, session,
+          on_interval=_intermediate_exporter(config, template, tg, session,
                                              metadata, outputs),
           store_every=config.intermediate_store_frequency)
     except BaseException:
@@ -454,8 +473,7 @@ def run(config: RunConfig, hparams: HParams = HParams(),
                  skipped_images=len(filled.failures))
   common.update(results)
   metadata.update(results)
-  graph_def = export.build_inference_graph_def(fx, weights, biases,
-                                               config.final_tensor_name)
+  graph_def = export.fill_final_layer(template.result(), weights, biases)
   export.write_frozen_graph(config.output_graph, graph_def, metadata)
   export.write_labels(config.output_labels, labels)
   skipped_path = os.path.splitext(config.output_graph)[0] + ".skipped.txt"

@@ -12,6 +12,7 @@ import numpy as np
 import tensorflow as tf
 
 from retrain import imageinfo, preprocess
+from retrain.errors import UserError
 from retrain.model import FeatureExtractor, build_bottleneck
 
 tf1 = tf.compat.v1
@@ -137,7 +138,7 @@ class BottleneckExtractor:
     blank = np.zeros([self.batch_size, *self.fx.input_size, 3], np.float32)
     try:
       self.bottlenecks(blank)
-    except tf.errors.OpError:
+    except UserError:
       pass  # A real failure shows on the first real batch.
 
   def close(self) -> None:
@@ -152,8 +153,17 @@ class BottleneckExtractor:
     self.close()
 
   def bottlenecks(self, images: np.ndarray) -> np.ndarray:
-    """float32 [n, H, W, 3] images in [0, 255] -> float32 [n, D]."""
-    return self.session.run(self._bottleneck, {self._images: images})
+    """float32 [n, H, W, 3] images in [0, 255] -> float32 [n, D].
+
+    Raises:
+      UserError: the model fails on a batch of images.
+    """
+    try:
+      return self.session.run(self._bottleneck, {self._images: images})
+    except tf.errors.OpError as e:
+      raise UserError(f"{self.fx.source}: the model fails on a batch of "
+                      f"images ({op_error_reason(e)}); check --input_tensor, "
+                      "--bottleneck_tensor and --input_size")
 
   def decode_ref(self, ref) -> Tuple[Optional[np.ndarray], Optional[str]]:
     """Decodes an image (cache.ImageRef or path), distorted if so set up."""

@@ -292,7 +292,8 @@ def _check_safe(graph_def: tf1.GraphDef, what: str, allow: bool) -> None:
 
 
 def _with_bottleneck_size(fx: FeatureExtractor, what: str) -> FeatureExtractor:
-  """Runs the model on two blank images to learn (and check) the bottleneck."""
+  """Learns (and checks) the bottleneck size from the graph's static shapes,
+  or if they do not tell, by running the model on two blank images."""
   graph = tf.Graph()
   with graph.as_default():
     images = tf1.placeholder(tf.float32, [None, *fx.input_size, 3])
@@ -306,6 +307,12 @@ def _with_bottleneck_size(fx: FeatureExtractor, what: str) -> FeatureExtractor:
       raise UserError(f"{what}: cannot feed the model images of shape "
                       f"[batch, {fx.input_size[0]}, {fx.input_size[1]}, 3] "
                       f"at {fx.input_tensor} ({_first_line(e)})")
+    static = out.shape
+    if (static.rank is not None and static.rank >= 2 and
+        static[0] is None and static[1:].is_fully_defined()):
+      per_image = [d for d in static[1:].as_list() if d != 1]
+      if len(per_image) == 1:
+        return dataclasses.replace(fx, bottleneck_size=int(per_image[0]))
     with tf1.Session(graph=graph) as sess:
       blank = np.zeros([2, *fx.input_size, 3], np.float32)
       try:

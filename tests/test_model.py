@@ -195,3 +195,25 @@ def test_cached_frozen_module_is_checked_for_unsafe_ops(small_models,
   pb.write_bytes(g.as_graph_def().SerializeToString())
   with pytest.raises(UserError, match=r"\(ReadFile\); refusing"):
     model.load_feature_extractor(options, str(tmp_path))
+
+
+def test_model_failing_on_batches_is_a_clear_error(tmp_path):
+  from retrain.extract import BottleneckExtractor
+  g = tf.Graph()
+  with g.as_default():
+    x = tf1.placeholder(tf.float32, [None, 8, 8, 3], name="x")
+    check = tf.debugging.assert_less(tf.shape(x)[0], 2, message="batch of 1")
+    with tf.control_dependencies([check]):
+      tf.reduce_mean(x, [1, 2], name="feat")
+  path = tmp_path / "batch_one.pb"
+  path.write_bytes(g.as_graph_def().SerializeToString())
+  fx = model.load_feature_extractor(ModelOptions(
+      graph=str(path), tfhub_module="", input_tensor="x",
+      bottleneck_tensor="feat", input_mean=0, input_std=1))
+  assert fx.bottleneck_size == 3  # From the static shape; nothing was run.
+  with BottleneckExtractor(fx) as extractor:
+    assert extractor.bottlenecks(np.zeros((1, 8, 8, 3), np.float32)).shape == (
+        1, 3)
+    with pytest.raises(UserError, match=r"fails on a batch of images \(.*"
+                       r"batch of 1.*\); check --input_tensor"):
+      extractor.bottlenecks(np.zeros((2, 8, 8, 3), np.float32))

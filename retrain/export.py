@@ -12,6 +12,7 @@ and returns final_result:0, float32 [batch, classes], softmax probabilities
 in the order of the labels file. Every file is written atomically.
 """
 
+import hashlib
 import json
 import os
 import shutil
@@ -21,9 +22,12 @@ from typing import Dict, Optional, Sequence
 import numpy as np
 import tensorflow as tf
 
+from google.protobuf import message as pb_message
+
 from cache.atomic import atomic_write_bytes, atomic_write_text
-from retrain import preprocess
-from retrain.model import FeatureExtractor, build_bottleneck
+from retrain import model as model_module
+from retrain import preprocess, safety
+from retrain.model import MODULE_CACHE, FeatureExtractor, build_bottleneck
 
 tf1 = tf.compat.v1
 
@@ -33,6 +37,9 @@ METADATA_FORMAT = "retrain-export/1"
 SAVED_MODEL_LABELS = "labels.txt"
 SAVED_MODEL_METADATA = "retrain.json"
 
+
+# Where cached_inference_graph_template keeps templates (in its cache_dir).
+TEMPLATE_CACHE = MODULE_CACHE
 
 # Names of the retrained layer's constants in every exported graph.
 WEIGHTS_NODE = "final_weights"
@@ -95,6 +102,40 @@ def inference_graph_template(fx: FeatureExtractor,
         name=IMAGE_INPUT)
     _add_classifier(fx, image, None, None, final_tensor_name)
   return optimize_for_inference(graph, [final_tensor_name])
+
+
+def cached_inference_graph_template(fx: FeatureExtractor,
+                                    final_tensor_name: str,
+                                    cache_dir: str) -> tf1.GraphDef:
+  """inference_graph_template, kept in `cache_dir` for later runs.
+
+  The key covers the model tag (model, tensors, scaling, preprocessing), the
+  output name, the TensorFlow version and the source of the modules that
+  build the graph, so any change rebuilds it. A cached file that does not
+  parse or holds an unsafe op is rebuilt, never used.
+  """
+  h = hashlib.sha1(json.dumps([fx.tag, final_tensor_name,
+                               tf.__version__]).encode())
+  for module in (preprocess, model_module, safety):
+    with open(module.__file__, "rb") as f:
+      h.update(f.read())
+  with open(__file__, "rb") as f:
+    h.update(f.read())
+  path = os.path.join(cache_dir, TEMPLATE_CACHE,
+                      f"{fx.tag}.{h.hexdigest()[:12]}.export.pb")
+  try:
+    with open(path, "rb") as f:
+      graph_def = tf1.GraphDef.FromString(f.read())
+    if not safety.find_unsafe_ops(graph_def) and graph_def.node:
+      return graph_def
+  except (OSError, ValueError, pb_message.DecodeError):
+    pass
+  graph_def = inference_graph_template(fx, final_tensor_name)
+  try:
+    atomic_write_bytes(path, graph_def.SerializeToString())
+  except OSError:
+    pass  # Only costs time on the next run.
+  return graph_def
 
 
 def fill_final_layer(template: tf1.GraphDef, weights: np.ndarray,

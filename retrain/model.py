@@ -426,7 +426,8 @@ def _pick_signature(obj, handle: str):
 
 
 # Folder (in the cache_dir given to load_feature_extractor) of TF-Hub modules
-# frozen to GraphDefs: <files digest>-<key>.pb and .json.
+# frozen to GraphDefs: <key>.pb and .json (and of export graph templates,
+# see export.cached_inference_graph_template).
 MODULE_CACHE = ".frozen_modules"
 _FREEZE_VERSION = "1"
 

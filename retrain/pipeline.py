@@ -391,8 +391,8 @@ def run(config: RunConfig, hparams: HParams = HParams(),
   outputs: List[str] = []
   # The export graph does not depend on the weights: build and optimize it
   # while training runs (session.run releases the GIL).
-  template = _in_background(export.inference_graph_template, fx,
-                            config.final_tensor_name)
+  template = _in_background(export.cached_inference_graph_template, fx,
+                            config.final_tensor_name, config.bottleneck_dir)
   tg = train.build_training_graph(fx.bottleneck_size, len(labels), hparams,
                                   config.final_tensor_name)
   writers = []

@@ -262,3 +262,42 @@ def test_label_image_uses_the_preprocessing_the_json_records():
   # always antialiased.
   assert label_image._preprocessing({"model": {}}) == preprocess.Preprocessing(
       jpeg_dct_keep=2, antialias_over=1.0)
+
+
+def test_export_graph_template_is_cached_and_checked(trained, small_models,
+                                                     monkeypatch, tmp_path):
+  kind, config, result, tmp = trained
+  from retrain import export
+  folder = os.path.join(config.bottleneck_dir, model.MODULE_CACHE)
+  templates = [n for n in os.listdir(folder) if n.endswith(".export.pb")]
+  assert len(templates) == 1
+  import tensorflow as tf
+
+  def graph(path):
+    graph_def = tf.compat.v1.GraphDef()
+    with open(path, "rb") as f:
+      graph_def.ParseFromString(f.read())
+    return graph_def
+  first = graph(config.output_graph)
+
+  def no_building(*args):
+    raise AssertionError("the template was built again")
+  monkeypatch.setattr(export, "inference_graph_template", no_building)
+  out = tmp_path / "again.pb"
+  again = config._replace(saved_model_dir="", tflite_output="",
+                          summaries_dir="", intermediate_store_frequency=0,
+                          output_graph=str(out))
+  pipeline.run(again, FAST, _options(small_models, kind))
+  assert graph(str(out)) == first  # Same weights, same template.
+  # A template holding an unsafe op is not used: it is rebuilt.
+  monkeypatch.undo()
+  path = os.path.join(folder, templates[0])
+  graph_def = graph(path)
+  graph_def.node.add(name="sneaky", op="ReadFile")
+  with open(path, "wb") as f:
+    f.write(graph_def.SerializeToString())
+  pipeline.run(again, FAST, _options(small_models, kind))
+  # Rebuilt (function names inside may differ from the first build).
+  assert {n.name for n in graph(str(out)).node} == {n.name
+                                                     for n in first.node}
+  assert "sneaky" not in {n.name for n in graph(path).node}

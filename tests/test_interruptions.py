@@ -82,10 +82,14 @@ def test_sigkill_while_writing_never_leaves_a_corrupt_file(
   bn = str(tmp_path / "bn")
   kills_while_extracting = 0
   for _ in range(20):
-    # Keep work to do: drop a random part of what earlier runs wrote.
+    # Keep work to do: drop a random part of what earlier runs wrote (and
+    # the packed index, which would otherwise still hold those vectors).
     for rel in _cache_files(bn) if os.path.isdir(bn) else []:
       if rng.random() < 0.35:
         os.remove(os.path.join(bn, rel))
+    for name in os.listdir(bn) if os.path.isdir(bn) else []:
+      if name.endswith(cache.index.SUFFIX):
+        os.remove(os.path.join(bn, name))
     before = len(_cache_files(bn)) if os.path.isdir(bn) else 0
     proc = _popen(_args(many_images, small_models["inception"], bn,
                         tmp_path / "out"), stdout=subprocess.DEVNULL,

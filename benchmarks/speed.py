@@ -5,8 +5,10 @@
 
 Prints, for one image folder and model: the model's raw forward throughput on
 pre-decoded batches and the decode throughput (their limit for extraction is
-min(forward, decode x cores)), retrain's end-to-end extraction throughput
-(cold cache) as a share of that limit, the warm cache load time, the time of
+min(forward, decode x cores); as decoding and the CNN share the cores, the
+shared-core bound 1/(1/forward + 1/(decode x cores)) is printed too),
+retrain's extraction throughput in steady state and end to end (cold cache)
+as a share of both, the warm cache load time, the time of
 4000 training steps, the whole command's wall time cold and warm beside the
 TensorFlow import time, and peak RSS. With --classic, TensorFlow's classic
 frozen-graph retrain.py (tensorflow-for-poets, --architecture given by

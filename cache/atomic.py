@@ -29,7 +29,7 @@ def atomic_write_bytes(path: str, data: bytes, fsync: bool = False) -> None:
       if fsync:
         f.flush()
         os.fsync(f.fileno())
-    os.chmod(tmp, 0o644 & ~_umask())
+    os.chmod(tmp, default_file_mode())
     os.replace(tmp, path)
   except BaseException:
     try:
@@ -44,7 +44,8 @@ def atomic_write_text(path: str, text: str, fsync: bool = False) -> None:
   atomic_write_bytes(path, text.encode("utf-8"), fsync=fsync)
 
 
-def _umask() -> int:
+def default_file_mode() -> int:
+  """rw-r--r-- less the process umask: what open() would have created."""
   mask = os.umask(0)
   os.umask(mask)
-  return mask
+  return 0o644 & ~mask

@@ -28,6 +28,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
+from cache.atomic import default_file_mode
 from cache.format import model_digest
 
 MAGIC = b"RTIX"
@@ -155,7 +156,7 @@ class IndexWriter:
       f.seek(self._keys_at)
       f.write(key_bytes)
       f.close()
-      os.chmod(self._tmp, 0o644 & ~_umask())
+      os.chmod(self._tmp, default_file_mode())
       rows = len(self.keys)
       # Mapped before the rename: a concurrent run replacing the index
       # afterwards cannot change what this one reads.
@@ -199,8 +200,3 @@ def _remove_abandoned(root: str, prefix: str, own: str) -> None:
     finally:
       os.close(fd)
 
-
-def _umask() -> int:
-  mask = os.umask(0)
-  os.umask(mask)
-  return mask

@@ -38,9 +38,6 @@ SAVED_MODEL_LABELS = "labels.txt"
 SAVED_MODEL_METADATA = "retrain.json"
 
 
-# Where cached_inference_graph_template keeps templates (in its cache_dir).
-TEMPLATE_CACHE = MODULE_CACHE
-
 # Names of the retrained layer's constants in every exported graph.
 WEIGHTS_NODE = "final_weights"
 BIASES_NODE = "final_biases"
@@ -121,7 +118,7 @@ def cached_inference_graph_template(fx: FeatureExtractor,
       h.update(f.read())
   with open(__file__, "rb") as f:
     h.update(f.read())
-  path = os.path.join(cache_dir, TEMPLATE_CACHE,
+  path = os.path.join(cache_dir, MODULE_CACHE,
                       f"{fx.tag}.{h.hexdigest()[:12]}.export.pb")
   try:
     with open(path, "rb") as f:

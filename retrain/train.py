@@ -77,7 +77,8 @@ class TrainingGraph(NamedTuple):
   # of validation_x; each an [evaluations] tensor: train_cross_entropy,
   # train_accuracy (the step's batch, before its update),
   # validation_cross_entropy, validation_accuracy (after it), histograms
-  # (serialized Summary of the weights and biases).
+  # (serialized Summary of the weights and biases); and "update", the op
+  # that stores the chunk's final weights in the variables.
   run_steps: Dict[str, tf.Tensor]
 
 
@@ -107,7 +108,6 @@ def build_training_graph(bottleneck_size: int, class_count: int,
           tf1.truncated_normal([bottleneck_size, class_count], stddev=0.001),
           name="final_weights")
       biases = tf.Variable(tf.zeros([class_count]), name="final_biases")
-    optimizer = tf1.train.GradientDescentOptimizer(hparams.learning_rate)
 
     def metrics(x, y, w=weights, b=biases):
       """(logits, cross entropy, accuracy) of bottlenecks x, labels y."""
@@ -144,16 +144,20 @@ def build_training_graph(bottleneck_size: int, class_count: int,
     names = ("train_cross_entropy", "train_accuracy",
              "validation_cross_entropy", "validation_accuracy")
 
-    def body(i, k, arrays):
-      rows = step_indices[i]
-      _, xent, acc = metrics(tf.gather(data_x, rows), tf.gather(data_y, rows))
-      with tf.control_dependencies([xent, acc]):
-        update = optimizer.minimize(xent)
+    learning_rate = tf.constant(hparams.learning_rate, tf.float32)
 
-      # The updated values, read here so that the evaluation's inputs
-      # depend on the update (a read inside the cond could run before it).
-      with tf.control_dependencies([update]):
-        new_w, new_b = weights.read_value(), biases.read_value()
+    # The weights travel through the loop as values, never as variables:
+    # step i+1 reads what step i computed, by data dependence, so steps are
+    # ordered and runs repeat exactly (a variable updated inside the loop may
+    # be read by the next iteration before the update lands). Plain SGD:
+    # w <- w - learning_rate * dloss/dw.
+    def body(i, k, w, b, arrays):
+      rows = step_indices[i]
+      _, xent, acc = metrics(tf.gather(data_x, rows), tf.gather(data_y, rows),
+                             w, b)
+      grad_w, grad_b = tf.gradients(xent, [w, b])
+      new_w = w - learning_rate * grad_w
+      new_b = b - learning_rate * grad_b
 
       def evaluate():
         vrows = validation_indices[k]
@@ -165,19 +169,21 @@ def build_training_graph(bottleneck_size: int, class_count: int,
         values = (xent, acc, vxent, vacc, histograms)
         return k + 1, tuple(a.write(k, v) for a, v in zip(arrays, values))
 
-      with tf.control_dependencies([update]):
-        k, arrays = tf.cond(evaluate_after[i], evaluate,
-                            lambda: (tf.identity(k), arrays))
-        return i + 1, k, arrays
+      k, arrays = tf.cond(evaluate_after[i], evaluate,
+                          lambda: (tf.identity(k), arrays))
+      return i + 1, k, new_w, new_b, arrays
 
     arrays = tuple(tf.TensorArray(dtype, size=evaluations)
                    for dtype in [tf.float32] * 4 + [tf.string])
-    _, _, arrays = tf1.while_loop(
+    _, _, last_w, last_b, arrays = tf1.while_loop(
         lambda i, *_: i < tf.shape(step_indices)[0], body,
-        [tf.constant(0), tf.constant(0), arrays],
+        [tf.constant(0), tf.constant(0), weights.read_value(),
+         biases.read_value(), arrays],
         name="train_steps")
     run_steps = {name: a.stack() for name, a in zip(
         names + ("histograms",), arrays)}
+    run_steps["update"] = tf.group(weights.assign(last_w),
+                                   biases.assign(last_b))
     init = tf1.global_variables_initializer()
     saver = tf1.train.Saver([weights, biases])
   graph.finalize()

@@ -116,3 +116,68 @@ def test_memory_mapped_sets_train_exactly_like_in_memory_ones(tmp_path):
   assert in_memory[0] == on_disk[0]  # Same evaluations, step by step.
   np.testing.assert_allclose(on_disk[2][0], in_memory[2][0], atol=1e-6)
   np.testing.assert_allclose(on_disk[2][1], in_memory[2][1], atol=1e-6)
+
+
+def _numpy_sgd(w, b, train_set, val_set, hparams, class_count=3):
+  """Reference: the same draws as train.train, plain SGD in float64."""
+  rng = np.random.default_rng(hparams.random_seed)
+  sampler = train.SAMPLERS[hparams.class_sampling](train_set.y, class_count,
+                                                   rng)
+  w, b = w.astype(np.float64), b.astype(np.float64)
+
+  def probs(x, w, b):
+    logits = x @ w + b
+    e = np.exp(logits - logits.max(1, keepdims=True))
+    return e / e.sum(1, keepdims=True)
+
+  val_xent = []
+  for step in range(1, hparams.how_many_training_steps + 1):
+    rows = sampler.sample(hparams.train_batch_size)
+    x, y = train_set.x[rows].astype(np.float64), train_set.y[rows]
+    delta = probs(x, w, b)
+    delta[np.arange(len(y)), y] -= 1
+    w = w - hparams.learning_rate * x.T @ delta / len(y)
+    b = b - hparams.learning_rate * delta.mean(0)
+    if step % hparams.eval_step_interval == 0:
+      v = train.sample_subset(len(val_set), hparams.validation_batch_size, rng)
+      p = probs(val_set.x[v].astype(np.float64), w, b)
+      val_xent.append(-np.log(p[np.arange(len(v)), val_set.y[v]]).mean())
+  return w, b, val_xent
+
+
+class _Recorder:
+  """Stands in for a summary writer: keeps each step's scalar values."""
+
+  def __init__(self):
+    self.scalars = {}
+
+  def add_summary(self, summary, step):
+    for value in summary.value:
+      if value.WhichOneof("value") == "simple_value":
+        self.scalars.setdefault(value.tag, []).append(value.simple_value)
+
+
+def test_every_step_and_evaluation_follows_the_previous_update(monkeypatch):
+  # Each step must see the weights of the step before it, and each
+  # evaluation the weights just updated: compare with plain SGD in numpy,
+  # over several chunks (session.runs).
+  monkeypatch.setattr(train, "CHUNK_STEPS", 40)
+  hp = HParams(how_many_training_steps=100, eval_step_interval=10,
+               learning_rate=0.5, train_batch_size=20,
+               validation_batch_size=30)
+  train_set, val_set = _blobs(300), _blobs(60, seed=1)
+  tg = train.build_training_graph(8, 3, hp)
+  with tf.compat.v1.Session(graph=tg.graph) as sess:
+    sess.run(tg.init)
+    w0, b0 = train.final_layer(tg, sess)
+  validation = _Recorder()
+  with tf.compat.v1.Session(graph=tg.graph) as sess:
+    train.train(tg, sess, train_set, val_set, 3, hp,
+                validation_writer=validation)
+    w, b = train.final_layer(tg, sess)
+  ref_w, ref_b, ref_xent = _numpy_sgd(w0, b0, train_set, val_set, hp)
+  np.testing.assert_allclose(w, ref_w, atol=1e-4)
+  np.testing.assert_allclose(b, ref_b, atol=1e-4)
+  np.testing.assert_allclose(validation.scalars["cross_entropy"], ref_xent,
+                             rtol=1e-4)
+  assert not np.allclose(w, w0, atol=1e-2)  # Training moved the weights.

@@ -117,7 +117,6 @@ def main(_):
         decoder.decode_bytes(b)
       decode_rate = len(blobs) / (time.perf_counter() - start)
       decoder.close()
-      vectors = []
       with BottleneckExtractor(fx) as extractor:
         start = time.perf_counter()
         results = sorted(extractor.compute(set_paths), key=lambda r: r[0])

@@ -15,6 +15,7 @@ index; and one that trains from the memory-mapped index instead of memory.
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -39,19 +40,13 @@ flags.DEFINE_string("child_dir", None, "Internal.")
 FLAGS = flags.FLAGS
 
 
-def _graph():
-  return FLAGS.graph or os.path.join(common.shared_dir(), "models",
-                                     "mobilenet_v1_025_128",
-                                     "frozen_graph.pb")
-
-
 def make_images(root: str, count: int) -> str:
   """root/<class>/<n>.jpg: `count` random crops of the dev photos."""
   from PIL import Image  # pylint: disable=g-import-not-at-top
   marker = os.path.join(root, ".complete")
   if os.path.exists(marker):
     return root
-  source = os.path.join(common.shared_dir(), "datasets", "flower_photos_dev")
+  source = common.dev_images()
   classes = sorted(c for c in os.listdir(source)
                    if os.path.isdir(os.path.join(source, c)))
   photos = {c: sorted(os.listdir(os.path.join(source, c))) for c in classes}
@@ -72,17 +67,16 @@ def make_images(root: str, count: int) -> str:
 
 def _child_extract(image_dir: str) -> dict:
   from retrain import cli, images, model, pipeline  # pylint: disable=g-import-not-at-top
-  from retrain.config import ModelOptions, RunConfig
+  from retrain.config import RunConfig
   cli.quiet_tensorflow()
-  fx = model.load_feature_extractor(ModelOptions(graph=_graph(),
-                                                 tfhub_module=""))
+  fx = model.load_feature_extractor(common.model_choice(FLAGS.graph)[0])
   lists = images.list_images(image_dir, 10, 10)
   bn = tempfile.mkdtemp(prefix="retrain_scaling_bn_")
   start = time.perf_counter()
   _, filled, _ = pipeline.compute_bottlenecks(
       lists, fx, RunConfig(image_dir=image_dir, bottleneck_dir=bn))
   seconds = time.perf_counter() - start
-  subprocess.run(["rm", "-rf", bn], check=True)
+  shutil.rmtree(bn)
   return dict(images=filled.computed, seconds=seconds)
 
 
@@ -90,9 +84,9 @@ def _child_train(root: str) -> dict:
   import numpy as np  # pylint: disable=g-import-not-at-top
   import cache  # pylint: disable=g-import-not-at-top
   from retrain import cli, model, pipeline  # pylint: disable=g-import-not-at-top
-  from retrain.config import HParams, ModelOptions, RunConfig
+  from retrain.config import HParams, RunConfig
   cli.quiet_tensorflow()
-  options = ModelOptions(graph=_graph(), tfhub_module="")
+  options = common.model_choice(FLAGS.graph)[0]
   fx = model.load_feature_extractor(options)
   image_dir = os.path.join(root, "images")
   bn = os.path.join(root, "bottlenecks")

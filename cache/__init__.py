@@ -3,8 +3,8 @@
 One sidecar file per image and model, under a folder that mirrors the class
 folders; the model's identity is part of the file name, so two models never
 share files. A packed index per model (cache/index.py) lets a warm run read
-one file instead of every sidecar. Files are written atomically. No TensorFlow here: the cache can be
-read with numpy alone.
+one file instead of every sidecar. Files are written atomically. No
+TensorFlow here: the cache can be read with numpy alone.
 """
 
 from cache.atomic import atomic_write_bytes, atomic_write_text

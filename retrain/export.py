@@ -301,9 +301,8 @@ def io_description(fx: FeatureExtractor,
           "image_bytes": {
               "name": BYTES_INPUT + ":0", "dtype": "string", "shape": [None],
               "description": ("encoded JPEG, PNG, GIF, BMP or WebP files; "
-                              "decoded "
-                              f"to RGB and resized to {h}x{w} inside the "
-                              "graph")},
+                              f"decoded to RGB and resized to {h}x{w} "
+                              "inside the graph")},
       },
       "output": {"name": final_tensor_name + ":0", "dtype": "float32",
                  "shape": [None, "classes"],

@@ -62,8 +62,8 @@ flags.DEFINE_integer("bottleneck_batch_size", _R.bottleneck_batch_size,
                      "Images per CNN run when computing bottlenecks.")
 flags.DEFINE_float("max_in_memory_mb", _R.max_in_memory_mb,
                    "Bottlenecks larger than this stay on disk (memory-"
-                     "mapped from the cache index) during training; 0: a "
-                     "quarter of physical memory.")
+                   "mapped from the cache index) during training; 0: a "
+                   "quarter of physical memory.")
 
 # Training.
 flags.DEFINE_integer("how_many_training_steps", _H.how_many_training_steps,

@@ -238,7 +238,7 @@ def compute_bottlenecks(image_lists: images.ImageLists, fx: FeatureExtractor,
                          distortions=distortions, copy=copy,
                          random_seed=random_seed))
       augmented += filled.computed
-      xs.append(np.array(filled.vectors[filled.ok]))
+      xs.append(filled.vectors[filled.ok])
       ys.append(truth[train_keep][filled.ok])
       paths += [f"{r.path}{AUGMENTED_MARK}{copy}"
                 for r, k in zip(train_refs, filled.ok) if k]

@@ -94,7 +94,8 @@ def resize_image(image: tf.Tensor, size,
                  rule: Preprocessing = Preprocessing()) -> tf.Tensor:
   """uint8 or float [h, w, 3] -> float32 [H, W, 3] in [0, 255].
 
-  `size` is (H, W), as ints or int32 scalar tensors. Antialiased only when shrinking by more than rule.antialias_over.
+  `size` is (H, W), as ints or int32 scalar tensors. Antialiased only when
+  shrinking by more than rule.antialias_over.
   """
   image = tf.cast(image, tf.float32)
   shape = tf.shape(image)

@@ -334,7 +334,7 @@ def _load(tg: TrainingGraph, session: tf1.Session,
   """Loads the sets (or the given items of them) into the graph."""
   def part(labeled, items):
     if items is None:
-      items = np.arange(len(labeled))
+      return labeled.in_memory().x, labeled.y
     return labeled.take(items), labeled.y[items]
   x, y = part(train_set, train_items)
   vx, vy = part(validation_set, validation_items)

@@ -27,7 +27,8 @@ setup(
     ],
     extras_require={
         "plots": ["matplotlib"],
-        "test": ["pytest", "pillow", "matplotlib"],
+        "litert": ["ai-edge-litert", "pillow"],
+        "test": ["pytest", "pillow", "matplotlib", "ai-edge-litert"],
     },
     entry_points={
         "console_scripts": [

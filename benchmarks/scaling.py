@@ -66,14 +66,14 @@ def make_images(root: str, count: int) -> str:
 
 
 def _child_extract(image_dir: str) -> dict:
-  from retrain import cli, images, model, pipeline  # pylint: disable=g-import-not-at-top
+  from retrain import bottlenecks, cli, images, model  # pylint: disable=g-import-not-at-top
   from retrain.config import RunConfig
   cli.quiet_tensorflow()
   fx = model.load_feature_extractor(common.model_choice(FLAGS.graph)[0])
   lists = images.list_images(image_dir, 10, 10)
   bn = tempfile.mkdtemp(prefix="retrain_scaling_bn_")
   start = time.perf_counter()
-  _, filled, _ = pipeline.compute_bottlenecks(
+  _, filled, _ = bottlenecks.compute_bottlenecks(
       lists, fx, RunConfig(image_dir=image_dir, bottleneck_dir=bn))
   seconds = time.perf_counter() - start
   shutil.rmtree(bn)

@@ -78,7 +78,7 @@ def main(_):
   cli.quiet_tensorflow()
   import numpy as np  # pylint: disable=g-import-not-at-top
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from retrain import images, model, pipeline, train
+  from retrain import bottlenecks, images, model, train
   from retrain.config import HParams, RunConfig
   from retrain.extract import BottleneckExtractor, ImageDecoder
   image_dir = common.dev_images(FLAGS.image_dir)
@@ -137,7 +137,7 @@ def main(_):
   config = RunConfig(image_dir=image_dir,
                      bottleneck_dir=os.path.join(work, "bn"))
   start = time.perf_counter()
-  sets, filled, _ = pipeline.compute_bottlenecks(lists, fx, config)
+  sets, filled, _ = bottlenecks.compute_bottlenecks(lists, fx, config)
   cold = time.perf_counter() - start
   rows.append(["retrain extraction, cold cache, start-up and cache writes "
                "included", f"{filled.computed / cold:.0f}/s",
@@ -145,8 +145,8 @@ def main(_):
                f"{filled.computed / cold / shared * 100:.0f}% of shared "
                "bound"])
   start = time.perf_counter()
-  sets, filled, _ = pipeline.compute_bottlenecks(lists, fx, config)
-  sets = pipeline.keep_in_memory(sets, config)
+  sets, filled, _ = bottlenecks.compute_bottlenecks(lists, fx, config)
+  sets = bottlenecks.keep_in_memory(sets, config)
   rows.append(["warm cache load (index, into memory)",
                f"{time.perf_counter() - start:.2f} s", f"{len(paths)} images"])
 

@@ -1,33 +1,62 @@
 """What both command-line tools share: quiet TensorFlow, one-line errors."""
 
+import contextlib
 import os
 import sys
 import tempfile
-from typing import Callable
+from typing import Callable, Iterator
 
 from absl import app, flags, logging
 
 from retrain.errors import UserError
 
+# TF_CPP_MIN_LOG_LEVEL value that asks for TensorFlow's own notes.
+_SHOW_ALL = "0"
 
-def quiet_tensorflow() -> None:
-  """Imports TensorFlow without its C++ start-up chatter.
 
-  TensorFlow prints device and CPU-feature notes on stderr while it loads,
-  some before its log level applies. They are captured, and shown only if the
-  import fails. Set TF_CPP_MIN_LOG_LEVEL yourself to see everything.
+def quiet_tensorflow(show_startup: bool = False,
+                     optional: bool = False) -> bool:
+  """Imports TensorFlow without its C++ start-up chatter; True if imported.
+
+  TensorFlow 2.21 prints device and CPU-feature notes on stderr while it
+  loads, whatever TF_CPP_MIN_LOG_LEVEL says. They are captured and shown
+  only if the import fails, unless `show_startup` or TF_CPP_MIN_LOG_LEVEL=0
+  asks for them. TF_CPP_MIN_LOG_LEVEL defaults to 2 (no INFO or WARNING
+  notes from the C++ runtime); a value the user set is kept.
+
+  Args:
+    show_startup: let the start-up notes through (--logging_verbosity=DEBUG).
+    optional: TensorFlow not being installed is fine (returns False).
   """
-  if "TF_CPP_MIN_LOG_LEVEL" in os.environ:
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  if sys.modules.get("tensorflow") is not None:
+    return True
+  try:
+    with quiet_stderr(show_startup):
+      import tensorflow as tf  # pylint: disable=g-import-not-at-top
+      tf.config.list_physical_devices("GPU")  # Device probing talks too.
+      tf.get_logger().setLevel("DEBUG" if show_startup else "ERROR")
+  except ImportError:
+    if optional and sys.modules.get("tensorflow") is None:
+      return False
+    raise
+  return True
+
+
+@contextlib.contextmanager
+def quiet_stderr(show: bool = False) -> Iterator[None]:
+  """Captures what native code writes to stderr (file descriptor 2) inside
+  the block; it is written out only if the block raises, or when `show` or
+  TF_CPP_MIN_LOG_LEVEL=0 asks for everything."""
+  if show or os.environ.get("TF_CPP_MIN_LOG_LEVEL") == _SHOW_ALL:
+    yield
     return
-  os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
   sys.stderr.flush()
   saved = os.dup(2)
   with tempfile.TemporaryFile() as captured:
     os.dup2(captured.fileno(), 2)
     try:
-      import tensorflow as tf  # pylint: disable=g-import-not-at-top
-      tf.config.list_physical_devices("GPU")  # Device probing talks too.
-      tf.get_logger().setLevel("ERROR")  # Deprecation notes of TF1 APIs.
+      yield
     except BaseException:
       os.dup2(saved, 2)
       captured.seek(0)
@@ -51,12 +80,15 @@ def run_main(main: Callable[[], int], program: str) -> int:
     return 130
 
 
-def absl_entry(main: Callable[[list], int],
-               program: str) -> Callable[[], None]:
+def absl_entry(main: Callable[[list], int], program: str,
+               tensorflow_optional: bool = False) -> Callable[[], None]:
   """A console-script entry point running `main` under absl.
 
-  A bad flag (unknown name, wrong type or value) is one line on stderr and
-  exit status 2, like every other input error.
+  Flags are parsed before TensorFlow is imported, so a bad flag (unknown
+  name, wrong type or value) is one line on stderr and exit status 2, like
+  every other input error, under any logging environment. TensorFlow is then
+  imported quietly (see quiet_tensorflow); with `tensorflow_optional` a
+  missing TensorFlow is left for `main` to handle.
   """
   def parse(argv):
     try:
@@ -65,9 +97,13 @@ def absl_entry(main: Callable[[list], int],
       sys.stderr.write(f"{program}: error: {e} (see --helpfull)\n")
       sys.exit(2)
 
+  def quiet_then_main(argv) -> int:
+    debug = getattr(flags.FLAGS, "logging_verbosity", None) == "DEBUG"
+    quiet_tensorflow(show_startup=debug, optional=tensorflow_optional)
+    return main(argv)
+
   def entry() -> None:
-    quiet_tensorflow()
-    app.run(main, flags_parser=parse)
+    app.run(quiet_then_main, flags_parser=parse)
   return entry
 
 

@@ -63,6 +63,10 @@ class RunConfig(NamedTuple):
   validation_percentage: int = 10
   final_tensor_name: str = "final_result"
   print_misclassified_test_images: bool = False
+  # Steps between evaluation lines in a log (not on a terminal); 0: about
+  # every 5% of the steps. The command line sets it to --eval_step_interval
+  # when that flag is given.
+  eval_log_interval: int = 0
   bottleneck_batch_size: int = 64
   # Distortions of training images, cached as augmented copies.
   flip_left_right: bool = False

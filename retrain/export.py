@@ -9,7 +9,11 @@ Every exported graph takes either
                  training,
 
 and returns final_result:0, float32 [batch, classes], softmax probabilities
-in the order of the labels file. Every file is written atomically.
+in the order of the labels file. The frozen graph also keeps the pretrained
+model's own input for clients written for the classic tool (see
+classic_inputs): slim MobileNets' input:0, Inception-v3's Mul:0 and
+DecodeJpeg/contents:0. Every file is written atomically; paths inside the
+JSON files are relative to the JSON file, so an export folder can be moved.
 """
 
 import hashlib
@@ -27,7 +31,9 @@ from google.protobuf import message as pb_message
 from cache.atomic import atomic_write_bytes, atomic_write_text
 from retrain import model as model_module
 from retrain import preprocess, safety
-from retrain.model import MODULE_CACHE, FeatureExtractor, build_bottleneck
+from retrain.metadata import SAVED_MODEL_METADATA, metadata_path, relative_to
+from retrain.model import (MODULE_CACHE, FeatureExtractor, build_bottleneck,
+                           import_cnn, scale_images)
 
 tf1 = tf.compat.v1
 
@@ -35,7 +41,6 @@ IMAGE_INPUT = "image"
 BYTES_INPUT = "image_bytes"
 METADATA_FORMAT = "retrain-export/1"
 SAVED_MODEL_LABELS = "labels.txt"
-SAVED_MODEL_METADATA = "retrain.json"
 
 
 # Names of the retrained layer's constants in every exported graph.
@@ -43,23 +48,72 @@ WEIGHTS_NODE = "final_weights"
 BIASES_NODE = "final_biases"
 
 
-def _add_classifier(fx: FeatureExtractor, image: tf.Tensor,
-                    weights, biases, final_tensor_name: str) -> tf.Tensor:
-  """image [batch, H, W, 3] in [0, 255] -> softmax [batch, classes].
+# Inception-v3's JPEG input, kept in exports of graphs that have it.
+JPEG_INPUT = "DecodeJpeg/contents"
+
+# Name scopes of the export graph's own ops; classic input names must not
+# fall inside them.
+_SCOPES = ("decode", "scale", "module", "classifier")
+
+
+def _add_layer(bottleneck: tf.Tensor, bottleneck_size: int, weights, biases,
+               final_tensor_name: str) -> tf.Tensor:
+  """bottleneck [batch, D] -> softmax [batch, classes] of the new layer.
 
   weights [D, classes] and biases [classes]: arrays (made constants), or
   None for placeholders that fill_final_layer turns into constants.
   """
-  bottleneck = build_bottleneck(fx, image)
-
   def layer(value, shape, name):
     if value is None:
       return tf1.placeholder(tf.float32, shape, name=name)
     return tf.constant(value, tf.float32, name=name)
-  w = layer(weights, [fx.bottleneck_size, None], WEIGHTS_NODE)
+  w = layer(weights, [bottleneck_size, None], WEIGHTS_NODE)
   b = layer(biases, [None], BIASES_NODE)
-  logits = tf.nn.bias_add(tf.matmul(bottleneck, w), b)
+  with tf.name_scope("classifier"):
+    logits = tf.nn.bias_add(tf.matmul(bottleneck, w), b)
   return tf.nn.softmax(logits, name=final_tensor_name)
+
+
+def _add_classifier(fx: FeatureExtractor, image: tf.Tensor,
+                    weights, biases, final_tensor_name: str) -> tf.Tensor:
+  """image [batch, H, W, 3] in [0, 255] -> softmax [batch, classes]."""
+  return _add_layer(build_bottleneck(fx, image), fx.bottleneck_size, weights,
+                    biases, final_tensor_name)
+
+
+def classic_inputs(fx: FeatureExtractor,
+                   final_tensor_name: str = "final_result"
+                   ) -> Dict[str, str]:
+  """The pretrained model's own input names the frozen export keeps.
+
+  "model_input": the tensor the model was loaded with (slim MobileNets'
+  input:0, Inception-v3's Mul:0, a --graph's --input_tensor), taking the
+  model's own scaling; "jpeg": Inception-v3's DecodeJpeg/contents:0 (one
+  encoded image, a scalar string), when the model's graph has it. A name
+  that would clash with the export's own names is left out.
+  """
+  ours = {IMAGE_INPUT, BYTES_INPUT, final_tensor_name, WEIGHTS_NODE,
+          BIASES_NODE, "bottleneck"}
+
+  def usable(tensor: str) -> bool:
+    node = tensor[:-2]
+    return (tensor.endswith(":0") and node not in ours and
+            not any(node == s or node.startswith(s + "/") for s in _SCOPES))
+  found = {}
+  if usable(fx.input_tensor):
+    found["model_input"] = fx.input_tensor
+  has_jpeg = any(n.name == JPEG_INPUT and n.op == "Placeholder"
+                 for n in fx.graph_def.node)
+  if has_jpeg and usable(JPEG_INPUT + ":0") and (
+      found.get("model_input") != JPEG_INPUT + ":0"):
+    found["jpeg"] = JPEG_INPUT + ":0"
+  return found
+
+
+def _named(tensor: tf.Tensor, name: str) -> tf.Tensor:
+  if tensor.op.name != name:  # TensorFlow made the name unique: a clash.
+    raise ValueError(f"export graph: {name} is taken ({tensor.op.name})")
+  return tensor
 
 
 def build_inference_graph_def(fx: FeatureExtractor, weights: np.ndarray,
@@ -89,15 +143,32 @@ def inference_graph_template(fx: FeatureExtractor,
   second) does not depend on the weights, so it can run while training does;
   fill_final_layer then makes a graph for any weights in milliseconds.
   """
+  h, w = fx.input_size
+  classic = classic_inputs(fx, final_tensor_name)
   graph = tf.Graph()
   with graph.as_default():
-    image_bytes = tf1.placeholder(tf.string, [None], name=BYTES_INPUT)
-    decoded = preprocess.decode_batch(image_bytes, fx.input_size,
-                                      fx.preprocessing)
-    image = tf1.placeholder_with_default(
-        decoded, [None, fx.input_size[0], fx.input_size[1], 3],
-        name=IMAGE_INPUT)
-    _add_classifier(fx, image, None, None, final_tensor_name)
+    if "jpeg" in classic:  # One JPEG, as the classic Inception graph took.
+      # No static shape: a [1] default would let Grappler fold the batch
+      # size of image_bytes to 1. A scalar (or a vector) may be fed.
+      contents = _named(tf1.placeholder(tf.string, None, name=JPEG_INPUT),
+                        JPEG_INPUT)
+      image_bytes = tf1.placeholder_with_default(
+          tf.reshape(contents, [-1]), [None], name=BYTES_INPUT)
+    else:
+      image_bytes = tf1.placeholder(tf.string, [None], name=BYTES_INPUT)
+    with tf.name_scope("decode"):
+      decoded = preprocess.decode_batch(image_bytes, fx.input_size,
+                                        fx.preprocessing)
+    image = tf1.placeholder_with_default(decoded, [None, h, w, 3],
+                                         name=IMAGE_INPUT)
+    with tf.name_scope("scale"):
+      scaled = scale_images(fx, image)
+    if "model_input" in classic:
+      name = classic["model_input"][:-2]
+      scaled = _named(tf1.placeholder_with_default(scaled, [None, h, w, 3],
+                                                   name=name), name)
+    _add_layer(import_cnn(fx, scaled), fx.bottleneck_size, None, None,
+               final_tensor_name)
   return optimize_for_inference(graph, [final_tensor_name])
 
 
@@ -266,7 +337,7 @@ def write_tflite(path: str, flatbuffer: bytes, labels: Sequence[str],
       metadata_path(path),
       json.dumps(dict(metadata, format=METADATA_FORMAT, export="tflite",
                       tflite=os.path.basename(path),
-                      labels=os.path.abspath(labels_path)),
+                      labels=os.path.basename(labels_path)),
                  indent=2, sort_keys=True) + "\n", fsync=True)
 
 
@@ -303,6 +374,7 @@ def io_description(fx: FeatureExtractor,
               "description": ("encoded JPEG, PNG, GIF, BMP or WebP files; "
                               f"decoded to RGB and resized to {h}x{w} "
                               "inside the graph")},
+          **classic_input_description(fx, final_tensor_name),
       },
       "output": {"name": final_tensor_name + ":0", "dtype": "float32",
                  "shape": [None, "classes"],
@@ -313,17 +385,42 @@ def io_description(fx: FeatureExtractor,
   }
 
 
-def metadata_path(graph_path: str) -> str:
-  """Where the JSON description of a .pb or .tflite export lives: beside it."""
-  return os.path.splitext(graph_path)[0] + ".json"
+def classic_input_description(fx: FeatureExtractor, final_tensor_name: str
+                              ) -> Dict[str, Dict[str, object]]:
+  """The JSON entries of the classic inputs a frozen export keeps."""
+  h, w = fx.input_size
+  found = classic_inputs(fx, final_tensor_name)
+  out = {}
+  if "model_input" in found:
+    out["model_input"] = {
+        "name": found["model_input"], "dtype": "float32",
+        "shape": [None, h, w, 3], "mean": fx.input_mean, "std": fx.input_std,
+        "description": (f"the pretrained model's own input: RGB resized to "
+                        f"{h}x{w}, scaled as (x - {fx.input_mean:g}) / "
+                        f"{fx.input_std:g} by the client (as the classic "
+                        "tool's clients do)")}
+  if "jpeg" in found:
+    out["jpeg"] = {
+        "name": found["jpeg"], "dtype": "string", "shape": [],
+        "description": ("one encoded image, as the classic Inception-v3 "
+                        "graph's JPEG input took it (a [batch] vector works "
+                        "too); decoded and resized inside the graph as "
+                        "image_bytes is")}
+  return out
 
 
 def write_frozen_graph(path: str, graph_def: tf1.GraphDef,
-                       metadata: Dict[str, object]) -> None:
-  """Writes the graph and, beside it, its JSON metadata."""
+                       metadata: Dict[str, object],
+                       labels_path: Optional[str] = None) -> None:
+  """Writes the graph and, beside it, its JSON metadata.
+
+  `labels_path` (the labels file) is recorded relative to the JSON file.
+  """
   atomic_write_bytes(path, graph_def.SerializeToString(), fsync=True)
   meta = dict(metadata, format=METADATA_FORMAT, export="frozen_graph",
               graph=os.path.basename(path))
+  if labels_path:
+    meta["labels"] = relative_to(labels_path, metadata_path(path))
   atomic_write_text(metadata_path(path),
                     json.dumps(meta, indent=2, sort_keys=True) + "\n",
                     fsync=True)

@@ -195,6 +195,8 @@ def to_config(f=FLAGS) -> Tuple[RunConfig, HParams, ModelOptions]:
       validation_percentage=f.validation_percentage,
       final_tensor_name=f.final_tensor_name,
       print_misclassified_test_images=f.print_misclassified_test_images,
+      eval_log_interval=(f.eval_step_interval
+                         if f["eval_step_interval"].present else 0),
       bottleneck_batch_size=f.bottleneck_batch_size,
       max_in_memory_mb=f.max_in_memory_mb,
       flip_left_right=f.flip_left_right, random_crop=f.random_crop,

@@ -9,7 +9,13 @@
 folder or a .tflite file. --image names files or folders (searched
 recursively), and may be repeated. Input names, size and scaling come from the
 JSON file retrain wrote beside the export, so no preprocessing flag is ever
-needed; the labels come from the file it names, or --labels.
+needed; the labels come from the file it names (relative to the JSON file),
+or --labels.
+
+A .tflite model runs on LiteRT (`ai_edge_litert`) when it is installed, else
+on TensorFlow's tf.lite; without TensorFlow, images are decoded with Pillow
+by the same rule (retrain/pil_preprocess.py), so a device needs only
+`pip install ai-edge-litert pillow` and retrain.
 """
 
 import csv
@@ -22,11 +28,9 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from retrain import cli
+from retrain import cli, metadata
 from retrain.errors import UserError
 from retrain.images import is_image_name
-
-_EXPORT_METADATA = "retrain.json"  # Inside a SavedModel folder.
 
 
 def _read_json(path: str, what: str) -> dict:
@@ -38,6 +42,15 @@ def _read_json(path: str, what: str) -> dict:
       return json.load(f)
   except ValueError as e:
     raise UserError(f"{path}: not a retrain export description ({e})")
+
+
+def _labels_path(flag: Optional[str], meta: dict, json_path: str,
+                 default: Optional[str] = None) -> Optional[str]:
+  """--labels, else the file the JSON names (relative to the JSON file)."""
+  if flag:
+    return flag
+  recorded = meta.get("labels") or default
+  return metadata.resolve(recorded, json_path) if recorded else None
 
 
 def _read_labels(path: Optional[str]) -> List[str]:
@@ -59,8 +72,7 @@ class Classifier:
   def classify(self, paths: Sequence[str]
                ) -> Tuple[List[str], np.ndarray, List[Tuple[str, str]]]:
     """(classified paths, probabilities [n, classes], [(path, reason)] skipped)."""
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
-    from retrain.extract import op_error_reason  # pylint: disable=g-import-not-at-top
+    op_error, op_error_reason = _tf_errors()
     done, rows, skipped = [], [], []
     for path in paths:
       try:
@@ -72,7 +84,7 @@ class Classifier:
       try:
         rows.append(self._predict([data])[0])
         done.append(path)
-      except tf.errors.OpError as e:
+      except op_error as e:
         skipped.append((path, f"cannot decode it ({op_error_reason(e)})"))
       except _BadImage as e:
         skipped.append((path, str(e)))
@@ -84,19 +96,38 @@ class _BadImage(Exception):
   pass
 
 
+def _tf_errors():
+  """(TensorFlow's OpError, a one-line reason of one), or stand-ins when
+  TensorFlow is not installed (then no TensorFlow op can fail)."""
+  try:
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    return _BadImage, str
+  from retrain.extract import op_error_reason  # pylint: disable=g-import-not-at-top
+  return tf.errors.OpError, op_error_reason
+
+
+def _has_tensorflow() -> bool:
+  try:
+    import tensorflow  # pylint: disable=g-import-not-at-top,unused-import
+  except ImportError:
+    return False
+  return True
+
+
 class GraphClassifier(Classifier):
   """A frozen graph, fed encoded bytes at the input its JSON names."""
 
   def __init__(self, graph_path: str, labels_path: Optional[str] = None):
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
-    from retrain.export import metadata_path  # pylint: disable=g-import-not-at-top
-    meta = _read_json(metadata_path(graph_path), f"--model={graph_path}")
+    tf = _import_tensorflow(graph_path)
+    json_path = metadata.metadata_path(graph_path)
+    meta = _read_json(json_path, f"--model={graph_path}")
     try:
       bytes_input = meta["inputs"]["image_bytes"]["name"]
       output = meta["output"]["name"]
     except KeyError as e:
       raise UserError(f"--model={graph_path}: its JSON lacks {e}")
-    self.labels = _read_labels(labels_path or meta.get("labels"))
+    self.labels = _read_labels(_labels_path(labels_path, meta, json_path))
     graph_def = tf.compat.v1.GraphDef()
     with open(graph_path, "rb") as f:
       try:
@@ -119,10 +150,11 @@ class SavedModelClassifier(Classifier):
   """A SavedModel's serving_default signature (encoded bytes in)."""
 
   def __init__(self, path: str, labels_path: Optional[str] = None):
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
-    meta = _read_json(os.path.join(path, _EXPORT_METADATA), f"--model={path}")
-    self.labels = _read_labels(labels_path or os.path.join(
-        path, meta.get("labels", "labels.txt")))
+    tf = _import_tensorflow(path)
+    json_path = os.path.join(path, metadata.SAVED_MODEL_METADATA)
+    meta = _read_json(json_path, f"--model={path}")
+    self.labels = _read_labels(_labels_path(labels_path, meta, json_path,
+                                            "labels.txt"))
     self._tf = tf
     self._fn = tf.saved_model.load(path).signatures["serving_default"]
 
@@ -131,34 +163,83 @@ class SavedModelClassifier(Classifier):
     return out["probabilities"].numpy()
 
 
-def _preprocessing(meta: Dict[str, object]):
-  """The decode/resize rule an export's JSON records."""
-  from retrain import preprocess  # pylint: disable=g-import-not-at-top
+def _import_tensorflow(model: str):
+  try:
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    raise UserError(f"--model={model}: running a frozen graph or SavedModel "
+                    "needs TensorFlow (pip install tensorflow); a .tflite "
+                    "export runs without it")
+  return tf
+
+
+def _rule(meta: Dict[str, object]) -> Tuple[int, float]:
+  """(jpeg_dct_keep, antialias_over) of the resize rule an export's JSON
+  records."""
   recorded = (meta.get("model") or {}).get("preprocessing")
   if not recorded:  # Written before the rule was recorded (retrain <= v2).
-    return preprocess.Preprocessing(jpeg_dct_keep=2, antialias_over=1.0)
-  return preprocess.Preprocessing(int(recorded["jpeg_dct_keep"]),
-                                  float(recorded["antialias_over"]))
+    return 2, 1.0
+  return int(recorded["jpeg_dct_keep"]), float(recorded["antialias_over"])
+
+
+def _preprocessing(meta: Dict[str, object]):
+  """The decode/resize rule an export's JSON records, as preprocess's."""
+  from retrain import preprocess  # pylint: disable=g-import-not-at-top
+  return preprocess.Preprocessing(*_rule(meta))
+
+
+def tflite_interpreter(path: str):
+  """(interpreter, runtime name) for a .tflite file: LiteRT first
+  (ai_edge_litert), else TensorFlow's tf.lite."""
+  try:
+    from ai_edge_litert.interpreter import Interpreter  # pylint: disable=g-import-not-at-top
+    runtime = "ai_edge_litert"
+  except ImportError:
+    try:
+      import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    except ImportError:
+      raise UserError(f"--model={path}: running a .tflite model needs LiteRT"
+                      ": pip install ai-edge-litert pillow")
+    Interpreter = tf.lite.Interpreter  # pylint: disable=invalid-name
+    runtime = "tf.lite"
+  try:
+    # Quiet: tf.lite's notice about LiteRT, and both runtimes' note on
+    # stderr that they created their CPU delegate.
+    with warnings.catch_warnings(), cli.quiet_stderr():
+      warnings.simplefilter("ignore")
+      interpreter = Interpreter(model_path=path)
+      interpreter.allocate_tensors()
+  except (ValueError, RuntimeError) as e:
+    raise UserError(f"--model={path}: not a TFLite model "
+                    f"({str(e).strip().splitlines()[0][:120]})")
+  return interpreter, runtime
 
 
 class TFLiteClassifier(Classifier):
-  """A .tflite model; images decoded and resized as in training."""
+  """A .tflite model; images decoded and resized as in training.
+
+  Decoding uses TensorFlow's ops when TensorFlow is installed (the very ops
+  of training), else Pillow by the same rule.
+  """
 
   def __init__(self, path: str, labels_path: Optional[str] = None):
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
-    from retrain.extract import ImageDecoder  # pylint: disable=g-import-not-at-top
-    from retrain.export import metadata_path  # pylint: disable=g-import-not-at-top
-    meta = _read_json(metadata_path(path), f"--model={path}")
-    self.labels = _read_labels(labels_path or meta.get("labels"))
-    with warnings.catch_warnings():  # tf.lite's notice about LiteRT.
-      warnings.simplefilter("ignore")
-      self._interpreter = tf.lite.Interpreter(model_path=path)
-    self._interpreter.allocate_tensors()
+    json_path = metadata.metadata_path(path)
+    meta = _read_json(json_path, f"--model={path}")
+    self.labels = _read_labels(_labels_path(labels_path, meta, json_path))
+    self._interpreter, self.runtime = tflite_interpreter(path)
     self._input = self._interpreter.get_input_details()[0]
     self._output = self._interpreter.get_output_details()[0]
-    height, width = self._input["shape"][1:3]
-    self._decoder = ImageDecoder((int(height), int(width)),
-                                 rule=_preprocessing(meta))
+    height, width = (int(d) for d in self._input["shape"][1:3])
+    if _has_tensorflow():
+      from retrain.extract import ImageDecoder  # pylint: disable=g-import-not-at-top
+      self._decoder = ImageDecoder((height, width), rule=_preprocessing(meta))
+    else:
+      try:
+        from retrain.pil_preprocess import PilDecoder  # pylint: disable=g-import-not-at-top
+        self._decoder = PilDecoder((height, width), *_rule(meta))
+      except ImportError:
+        raise UserError(f"--model={path}: without TensorFlow, images are "
+                        "decoded with Pillow: pip install pillow")
     _check_outputs(self._output["shape"][-1], self.labels, path)
 
   def _predict(self, blobs):
@@ -170,7 +251,8 @@ class TFLiteClassifier(Classifier):
       self._interpreter.set_tensor(self._input["index"],
                                    image[None].astype(np.float32))
       self._interpreter.invoke()
-      rows.append(self._interpreter.get_tensor(self._output["index"])[0])
+      rows.append(np.array(
+          self._interpreter.get_tensor(self._output["index"])[0]))
     return np.array(rows)
 
 
@@ -271,7 +353,7 @@ def main(argv) -> int:
 
 def run() -> None:
   _define_flags()
-  cli.absl_entry(main, "label_image")()
+  cli.absl_entry(main, "label_image", tensorflow_optional=True)()
 
 
 if __name__ == "__main__":

@@ -97,9 +97,24 @@ def build_bottleneck(fx: FeatureExtractor, images: tf.Tensor) -> tf.Tensor:
   Returns:
     float32 [batch, D] bottlenecks.
   """
-  scaled = (images - fx.input_mean) * (1.0 / fx.input_std)
+  return import_cnn(fx, scale_images(fx, images))
+
+
+def scale_images(fx: FeatureExtractor, images: tf.Tensor) -> tf.Tensor:
+  """RGB pixels in [0, 255] -> the model's input, (x - mean) / std."""
+  return (images - fx.input_mean) * (1.0 / fx.input_std)
+
+
+def import_cnn(fx: FeatureExtractor, model_input: tf.Tensor) -> tf.Tensor:
+  """Adds the CNN (as "module/...") fed with its own, scaled, input.
+
+  Args:
+    model_input: float32 [batch, H, W, 3], already scaled (scale_images).
+  Returns:
+    float32 [batch, D] bottlenecks.
+  """
   out, = tf1.import_graph_def(fx.graph_def,
-                              input_map={fx.input_tensor: scaled},
+                              input_map={fx.input_tensor: model_input},
                               return_elements=[fx.bottleneck_tensor],
                               name="module")
   return tf.reshape(out, [-1, fx.bottleneck_size], name="bottleneck")

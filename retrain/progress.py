@@ -19,8 +19,13 @@ class Progress:
 
   On a terminal (stream.isatty()) it redraws one line in place, at most ten
   times a second; elsewhere it logs a line at most every `log_every` seconds
-  (0: every update), and always the last one.
+  (0: every update), and always the last one. Rate and ETA are shown only
+  once they mean something: after SETTLE_SECONDS and SETTLE_ITEMS (the first
+  items also pay start-up costs), and the rate again on the last report.
   """
+
+  SETTLE_SECONDS = 2.0
+  SETTLE_ITEMS = 5
 
   def __init__(self, what: str, total: int, stream: Optional[TextIO] = None,
                log_every: float = 5.0,
@@ -48,7 +53,10 @@ class Progress:
       filled = int(width * done / self.total) if self.total else width
       text = f"{self.what} [{'#' * filled}{'.' * (width - filled)}] " \
              f"{done}/{self.total}"
-    text += f", {rate:.0f}/s, ETA {_clock(eta)}"
+    if done >= self.total and elapsed > 0:
+      text += f", {rate:.0f}/s"
+    elif elapsed >= self.SETTLE_SECONDS and done >= self.SETTLE_ITEMS:
+      text += f", {rate:.0f}/s, ETA {_clock(eta)}"
     return text + (f" | {message}" if message else "")
 
   def update(self, done: int, message: str = "") -> None:

@@ -83,10 +83,14 @@ class TrainingGraph(NamedTuple):
 
 
 class EvalPoint(NamedTuple):
+  """One evaluation: train values on the step's batch (before its update),
+  validation values on the validation sample (after it; None without
+  validation images)."""
   step: int
   train_accuracy: float
   cross_entropy: float
   validation_accuracy: Optional[float]
+  validation_cross_entropy: Optional[float] = None
 
 
 def build_training_graph(bottleneck_size: int, class_count: int,
@@ -295,16 +299,17 @@ def train(tg: TrainingGraph, session: tf1.Session, train_set: LabeledBottlenecks
     for k, step in enumerate(eval_steps):
       xent = float(out["train_cross_entropy"][k])
       acc = float(out["train_accuracy"][k])
-      val_acc = None
+      val_acc = val_xent = None
       if train_writer:
         train_writer.add_summary(scalar_summary(xent, acc), step)
         train_writer.add_summary(out["histograms"][k], step)
       if len(validation_set):
         val_acc = float(out["validation_accuracy"][k])
+        val_xent = float(out["validation_cross_entropy"][k])
         if validation_writer:
-          validation_writer.add_summary(scalar_summary(
-              float(out["validation_cross_entropy"][k]), val_acc), step)
-      history.append(EvalPoint(step, acc, xent, val_acc))
+          validation_writer.add_summary(scalar_summary(val_xent, val_acc),
+                                        step)
+      history.append(EvalPoint(step, acc, xent, val_acc, val_xent))
       val_text = ("n/a (no validation images)" if val_acc is None else
                   f"{val_acc * 100:.1f}% (N={val_rows.shape[1]})")
       log(step, f"train accuracy {acc * 100:.1f}%, cross entropy "

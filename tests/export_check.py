@@ -1,6 +1,7 @@
 """Runs exports in a fresh process that imports only TensorFlow and numpy.
 
-  python tests/export_check.py graph|saved_model|tflite PATH IMAGES_JSON OUT.npz
+  python tests/export_check.py graph|saved_model|tflite|classic PATH \
+      IMAGES_JSON OUT.npz
 
 Writes probabilities computed from the encoded files (image_bytes input) and,
 for graphs and TFLite, from float images prepared as the JSON beside the
@@ -60,7 +61,8 @@ def tflite_probabilities(path, paths):
   return {"float": np.array(rows)}
 
 
-def graph_probabilities(graph_path, paths):
+def _load_graph(graph_path):
+  """(the frozen graph, imported; its JSON description)."""
   with open(os.path.splitext(graph_path)[0] + ".json") as f:
     meta = json.load(f)
   graph_def = tf.compat.v1.GraphDef()
@@ -69,6 +71,11 @@ def graph_probabilities(graph_path, paths):
   graph = tf.Graph()
   with graph.as_default():
     tf.compat.v1.import_graph_def(graph_def, name="")
+  return graph, meta
+
+
+def graph_probabilities(graph_path, paths):
+  graph, meta = _load_graph(graph_path)
   blobs = [open(p, "rb").read() for p in paths]
   floats = _float_images(blobs, meta)
   with tf.compat.v1.Session(graph=graph) as sess:
@@ -77,6 +84,36 @@ def graph_probabilities(graph_path, paths):
     by_float = sess.run(meta["output"]["name"],
                         {meta["inputs"]["image"]["name"]: floats})
   return {"bytes": by_bytes, "float": by_float}
+
+
+def classic_probabilities(graph_path, paths):
+  """As a client written for the classic tool: it knows the pretrained
+  model's input (input:0, Mul:0) and its scaling, and final_result:0.
+
+  "classic": its own preprocessing (full decode, plain bilinear resize, as
+  the classic label_image.py); "same": the export's own resize rule, then
+  the client's scaling; "jpeg": one JPEG at a time into
+  DecodeJpeg/contents:0 (when the export has it).
+  """
+  graph, meta = _load_graph(graph_path)
+  model_input = meta["inputs"]["model_input"]
+  mean, std = model_input["mean"], model_input["std"]
+  h, w = meta["input_size"]
+  blobs = [open(p, "rb").read() for p in paths]
+  classic = np.stack([tf.compat.v1.image.resize_bilinear(
+      tf.cast(tf.io.decode_image(b, channels=3, expand_animations=False),
+              tf.float32)[None], [h, w])[0].numpy() for b in blobs])
+  same = _float_images(blobs, meta)
+  out = {}
+  with tf.compat.v1.Session(graph=graph) as sess:
+    for key, images in (("classic", classic), ("same", same)):
+      out[key] = sess.run("final_result:0", {
+          model_input["name"]: (images - mean) / std})
+    jpeg = meta["inputs"].get("jpeg")
+    if jpeg:
+      out["jpeg"] = np.concatenate([
+          sess.run("final_result:0", {jpeg["name"]: b}) for b in blobs])
+  return out
 
 
 def saved_model_probabilities(path, paths):
@@ -93,7 +130,8 @@ def main():
     paths = json.load(f)
   assert "retrain" not in sys.modules
   fn = {"graph": graph_probabilities, "saved_model": saved_model_probabilities,
-        "tflite": tflite_probabilities}[kind]
+        "tflite": tflite_probabilities,
+        "classic": classic_probabilities}[kind]
   np.savez(out, **fn(path, paths))
   assert not any(m == "retrain" or m.startswith("retrain.")
                  for m in sys.modules)

@@ -41,10 +41,14 @@ def export_probabilities(kind, path, image_paths, tmp):
   return dict(np.load(out))
 
 
-def run_cli(args, module="retrain", cwd=None, timeout=600):
-  """Runs `python -m MODULE ARGS`; returns the CompletedProcess."""
+def run_cli(args, module="retrain", cwd=None, timeout=600, env_updates=None):
+  """Runs `python -m MODULE ARGS`; returns the CompletedProcess.
+
+  TF_CPP_MIN_LOG_LEVEL is unset unless `env_updates` sets it.
+  """
   env = dict(os.environ, PYTHONPATH=REPO)
   env.pop("TF_CPP_MIN_LOG_LEVEL", None)
+  env.update(env_updates or {})
   return subprocess.run([sys.executable, "-m", module, *args],
                         capture_output=True, text=True, cwd=cwd or REPO,
                         env=env, timeout=timeout)
@@ -57,3 +61,56 @@ def files_under(root):
     for n in names:
       found.add(os.path.relpath(os.path.join(base, n), root))
   return found
+
+
+# Python code that makes `import tensorflow` fail, then runs a module as
+# __main__ with the remaining arguments: a device with LiteRT and no
+# TensorFlow.
+_WITHOUT_TENSORFLOW = (
+    "import runpy, sys; sys.modules['tensorflow'] = None; "
+    "module = sys.argv[1]; sys.argv = sys.argv[1:]; "
+    "runpy.run_module(module, run_name='__main__', alter_sys=True)")
+
+
+def run_without_tensorflow(args, module="retrain.label_image", cwd=None,
+                           script=None):
+  """Runs `python -m MODULE ARGS` (or `script`, a file) where importing
+  TensorFlow fails; returns the CompletedProcess."""
+  env = dict(os.environ, PYTHONPATH=REPO)
+  if script:
+    code = ("import runpy, sys; sys.modules['tensorflow'] = None; "
+            f"runpy.run_path({script!r}, run_name='__main__')")
+    argv = [sys.executable, "-c", code, *args]
+  else:
+    argv = [sys.executable, "-c", _WITHOUT_TENSORFLOW, module, *args]
+  return subprocess.run(argv, capture_output=True, text=True,
+                        cwd=cwd or REPO, env=env, timeout=600)
+
+
+def chromium_dom(html_path, tmp):
+  """The DOM of a page after it loaded in headless Chromium, with
+  data-loaded-images on <body>: how many images decoded. None when Chromium
+  is not installed (a failure under CI=true, where .ci/run installs it)."""
+  import shutil  # pylint: disable=g-import-not-at-top
+  browser = shutil.which("chromium") or shutil.which("chromium-browser")
+  if not browser:
+    return None
+  probe = os.path.join(str(tmp), "probe.html")
+  with open(html_path, encoding="utf-8") as f:
+    page = f.read()
+  # The report has no script; the probe adds one that counts decoded images.
+  page = page.replace("</body>", (
+      "<script>window.addEventListener('load', () => {"
+      "document.body.dataset.loadedImages = [...document.images].filter("
+      "i => i.complete && i.naturalWidth > 0).length;});</script></body>"))
+  with open(probe, "w", encoding="utf-8") as f:
+    f.write(page)
+  proc = subprocess.run(
+      [browser, "--headless", "--no-sandbox", "--disable-gpu",
+       "--disable-quic", "--no-first-run", "--disable-background-networking",
+       "--disable-component-update", "--disable-sync",
+       f"--user-data-dir={os.path.join(str(tmp), 'chromium-profile')}",
+       "--virtual-time-budget=5000", "--dump-dom", "file://" + probe],
+      capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  return proc.stdout

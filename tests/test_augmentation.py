@@ -4,6 +4,7 @@ import glob
 import json
 import os
 import pty
+import re
 import subprocess
 import sys
 
@@ -183,5 +184,5 @@ def test_progress_bar_on_a_terminal(small_models, color_images, tmp_path):
   out = b"".join(chunks).decode("utf-8", "replace")
   assert "\r" in out
   assert "Bottlenecks (0 cached, 72 new) [" in out
-  assert "Training [########################] 50/50" in out and "ETA" in out
+  assert re.search(r"Training \[#{24}\] 50/50, \d+/s", out), out[-2000:]
   assert "Step 10/50:" not in out  # The bar replaces per-step log lines.

@@ -62,7 +62,8 @@ def test_deps_name_declared_targets():
 def test_ci_runs_the_readme_test_command():
   with open(os.path.join(REPO, "README.md"), encoding="utf-8") as f:
     readme = f.read()
-  match = re.search(r"<!-- test-command -->\s*```sh\n(.+?)\n```", readme)
+  match = re.search(r"<!-- test-command -->\s*```sh\n(.+?)\n```", readme,
+                    re.S)
   assert match, "README.md must mark its test command"
   with open(os.path.join(REPO, ".ci", "run"), encoding="utf-8") as f:
     ci = f.read()
@@ -94,3 +95,81 @@ def test_readme_documents_every_flag():
     assert names, module
     missing = [n for n in names if f"--{n}" not in readme]
     assert not missing, f"{module} flags missing from README.md: {missing}"
+
+
+def _imports(path, modules):
+  """The modules (of `modules`) that `path` imports, anywhere in it."""
+  with open(path, encoding="utf-8") as f:
+    tree = ast.parse(f.read())
+  found = set()
+  for node in ast.walk(tree):
+    if isinstance(node, ast.Import):
+      names = [a.name for a in node.names]
+    elif isinstance(node, ast.ImportFrom) and node.module:
+      # `from pkg import mod` imports pkg.mod; `from mod import name`, mod.
+      names = [f"{node.module}.{a.name}"
+               if f"{node.module}.{a.name}" in modules else node.module
+               for a in node.names]
+    else:
+      continue
+    found.update(n for n in names if n in modules)
+  return found
+
+
+def _module_graph():
+  modules = {}
+  for path in glob.glob(os.path.join(REPO, "retrain", "*.py")) + glob.glob(
+      os.path.join(REPO, "cache", "*.py")):
+    name = os.path.relpath(path, REPO)[:-3].replace(os.sep, ".")
+    modules[name.replace(".__init__", "")] = path
+  graph = {}
+  for name, path in modules.items():
+    graph[name] = _imports(path, modules) - {name}
+  return graph
+
+
+def test_import_graph_has_no_cycles():
+  graph = _module_graph()
+  state = {}
+
+  def visit(name, trail):
+    if state.get(name) == "done":
+      return
+    assert state.get(name) != "open", " -> ".join(trail + [name])
+    state[name] = "open"
+    for dep in sorted(graph[name]):
+      visit(dep, trail + [name])
+    state[name] = "done"
+  for name in sorted(graph):
+    visit(name, [])
+
+
+def test_data_flows_one_way():
+  """cache/ knows nothing of retrain or TensorFlow; only the entry points
+  import the pipeline; label_image's top level needs no TensorFlow."""
+  graph = _module_graph()
+  for name, deps in graph.items():
+    if name.startswith("cache"):
+      assert not [d for d in deps if d.startswith("retrain")], name
+    if "retrain.pipeline" in deps:
+      assert name in ("retrain.__main__",), name
+  for path in glob.glob(os.path.join(REPO, "cache", "*.py")):
+    with open(path, encoding="utf-8") as f:
+      assert "tensorflow" not in f.read(), path
+  tf_free = {"retrain.label_image", "retrain.cli", "retrain.metadata",
+             "retrain.pil_preprocess", "retrain.images", "retrain.imageinfo",
+             "retrain.errors"}
+  for name in tf_free:
+    with open(os.path.join(REPO, *name.split(".")) + ".py",
+              encoding="utf-8") as f:
+      top_level = [l for l in f.read().splitlines()
+                   if l.startswith(("import ", "from "))]
+    assert not [l for l in top_level if "tensorflow" in l], name
+    for dep in graph[name]:
+      if dep in graph and dep not in tf_free:
+        # Only imported inside functions, when TensorFlow is there.
+        with open(os.path.join(REPO, *name.split(".")) + ".py",
+                  encoding="utf-8") as f:
+          assert not [l for l in f.read().splitlines()
+                      if l.startswith(("import ", "from ")) and
+                      dep.split(".")[-1] in l], (name, dep)

@@ -126,3 +126,77 @@ def test_label_image_errors_are_one_line(tmp_path):
   assert proc.returncode == 2
   assert proc.stderr.strip().splitlines() == [
       "label_image: error: --model=/nonexistent.pb: no such file or folder"]
+
+
+# TensorFlow's logging settings a user may have in the environment.
+LOGGING_ENVIRONMENTS = [{}, {"TF_CPP_MIN_LOG_LEVEL": "0"},
+                        {"TF_CPP_MIN_LOG_LEVEL": "1"},
+                        {"TF_CPP_MIN_LOG_LEVEL": "2"},
+                        {"TF_CPP_MIN_LOG_LEVEL": "3"},
+                        {"TF_CPP_MIN_LOG_LEVEL": "2", "TF_CPP_MAX_VLOG_LEVEL":
+                         "1"}]
+
+
+@pytest.mark.parametrize("env", LOGGING_ENVIRONMENTS,
+                         ids=lambda e: ",".join(f"{k}={v}"
+                                                for k, v in e.items()) or "unset")
+def test_bad_flag_is_one_line_under_any_logging_environment(env, tmp_path):
+  for args in (["--no_such_flag=1"], ["--how_many_training_steps=many"],
+               ["--logging_verbosity=DEBUG", "--no_such_flag=1"]):
+    proc = helpers.run_cli([f"--image_dir={tmp_path}", *args],
+                           env_updates=env)
+    assert proc.returncode == 2
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert proc.stderr.startswith("retrain: error: ")
+  proc = helpers.run_cli(["--model=m.tflite", "--no_such_flag=1"],
+                         module="retrain.label_image", env_updates=env)
+  assert proc.returncode == 2
+  assert proc.stderr.startswith("label_image: error: ")
+  assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+@pytest.mark.parametrize("level", [None, "1", "2", "3"])
+def test_start_up_notes_are_hidden_unless_asked_for(level, tmp_path):
+  """A bad input found after TensorFlow loaded: still one line."""
+  env = {"TF_CPP_MIN_LOG_LEVEL": level} if level else {}
+  missing = tmp_path / "missing"
+  proc = helpers.run_cli([f"--image_dir={missing}", "--graph=x.pb"],
+                         env_updates=env)
+  assert proc.returncode == 2
+  assert proc.stderr.strip().splitlines() == [
+      f"retrain: error: --image_dir={missing}: no such folder; pass a folder "
+      "with one sub-folder of images per class"]
+
+
+def test_start_up_notes_shown_when_asked_for(tmp_path):
+  missing = tmp_path / "missing"
+  quiet = helpers.run_cli([f"--image_dir={missing}", "--graph=x.pb"])
+  for loud in (helpers.run_cli([f"--image_dir={missing}", "--graph=x.pb"],
+                               env_updates={"TF_CPP_MIN_LOG_LEVEL": "0"}),
+               helpers.run_cli([f"--image_dir={missing}", "--graph=x.pb",
+                                "--logging_verbosity=DEBUG"])):
+    assert loud.returncode == 2
+    lines = loud.stderr.strip().splitlines()
+    assert lines[-1] == quiet.stderr.strip()
+    assert len(lines) > 1  # TensorFlow's own notes came through.
+
+
+def _step_lines(stderr):
+  return [l for l in stderr.splitlines() if "Step " in l and "/" in l]
+
+
+def test_log_file_gets_about_twenty_evaluation_lines(small_models,
+                                                     color_images, tmp_path):
+  """Not a terminal: evaluations logged every ~5% of the steps and the
+  last, unless --eval_step_interval is given."""
+  common = [f"--image_dir={color_images}",
+            f"--graph={small_models['inception']}",
+            "--how_many_training_steps=400", *_outputs(tmp_path)]
+  proc = helpers.run_cli(common)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  steps = [int(l.split("Step ")[1].split("/")[0])
+           for l in _step_lines(proc.stderr)]
+  assert steps == list(range(20, 401, 20))
+  explicit = helpers.run_cli(common + ["--eval_step_interval=10"])
+  assert explicit.returncode == 0
+  assert len(_step_lines(explicit.stderr)) == 40

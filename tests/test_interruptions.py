@@ -98,7 +98,9 @@ def test_sigkill_while_writing_never_leaves_a_corrupt_file(
     while (proc.poll() is None and time.time() < deadline and
            (not os.path.isdir(bn) or len(_cache_files(bn)) <= before)):
       time.sleep(0.005)
-    time.sleep(rng.uniform(0, 0.4))
+    # A random moment while the rest is extracted (~200 images, a few
+    # tenths of a second: later kills would mostly find extraction done).
+    time.sleep(rng.uniform(0, 0.15))
     if proc.poll() is None:
       kills_while_extracting += len(_cache_files(bn)) < 600
       proc.send_signal(signal.SIGKILL)
@@ -166,7 +168,8 @@ def test_killed_run_leaves_previous_outputs_intact(many_images, small_models,
               for rel in helpers.files_under(str(out))}
   assert "graph.pb" in snapshot and "saved_model/saved_model.pb" in snapshot
   long_run = [a for a in args if not a.startswith("--how_many")] + [
-      "--how_many_training_steps=10000000", "--random_seed=5"]
+      "--how_many_training_steps=10000000", "--random_seed=5",
+      "--eval_step_interval=10"]  # Given: every evaluation is logged.
   proc = _popen(long_run, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                 text=True)
   for line in proc.stderr:
@@ -215,6 +218,7 @@ def test_nothing_is_written_outside_the_named_paths(many_images,
   assert top == {"keep.txt", "bn", "graph.pb", "graph.json",
                  "graph.skipped.txt", "labels.txt", "summaries", "ckpt",
                  "saved_model", "inter", "report.json", "report.txt",
+                 "report.html",
                  "confusion_matrix.png"} - (
                      set() if _has_matplotlib() else {"confusion_matrix.png"})
   assert not [f for f in helpers.files_under(str(out)) if f.endswith(".tmp")]

@@ -301,3 +301,73 @@ def test_export_graph_template_is_cached_and_checked(trained, small_models,
   assert {n.name for n in graph(str(out)).node} == {n.name
                                                      for n in first.node}
   assert "sneaky" not in {n.name for n in graph(path).node}
+
+
+def test_classic_inception_inputs_feed_the_same_classifier(trained):
+  """The Inception-named graph's export keeps Mul:0 ((x - 128) / 128) and
+  DecodeJpeg/contents:0 (one JPEG), as the classic graph had."""
+  kind, config, result, tmp = trained
+  with open(os.path.splitext(config.output_graph)[0] + ".json") as f:
+    inputs = json.load(f)["inputs"]
+  if kind != "graph":  # The module's own input, taking [0, 1].
+    assert (inputs["model_input"]["mean"], inputs["model_input"]["std"]) == (
+        0.0, 255.0)
+    assert "jpeg" not in inputs
+    return
+  assert inputs["model_input"]["name"] == "Mul:0"
+  assert (inputs["model_input"]["mean"], inputs["model_input"]["std"]) == (
+      128.0, 128.0)
+  assert inputs["jpeg"]["name"] == "DecodeJpeg/contents:0"
+  jpegs = [p for p in result.test_paths if p.endswith(".jpg")]
+  assert jpegs
+  rows = [result.test_paths.index(p) for p in jpegs]
+  probs = helpers.export_probabilities("classic", config.output_graph, jpegs,
+                                       tmp)
+  np.testing.assert_allclose(probs["same"], result.test_probabilities[rows],
+                             atol=1e-3)
+  np.testing.assert_allclose(probs["jpeg"], result.test_probabilities[rows],
+                             atol=1e-5)
+  np.testing.assert_array_equal(probs["classic"].argmax(1),
+                                result.test_probabilities[rows].argmax(1))
+  # Feeding image_bytes a batch still works beside the JPEG input (its
+  # batch size is not folded to the JPEG input's one image).
+  batch = helpers.export_probabilities("graph", config.output_graph,
+                                       result.test_paths, tmp)
+  assert batch["bytes"].shape == result.test_probabilities.shape
+
+
+def test_export_folder_can_be_moved(trained, tmp_path):
+  """Paths in the JSON files are relative to them: a copied folder works."""
+  import shutil
+  kind, config, result, tmp = trained
+  out = os.path.dirname(config.output_graph)
+  for name in ("graph.json", "model.json"):
+    with open(os.path.join(out, name)) as f:
+      labels = json.load(f)["labels"]
+    assert not os.path.isabs(labels), labels
+  moved = tmp_path / "elsewhere"
+  shutil.copytree(out, moved)
+  shutil.move(out, str(tmp_path / "gone"))  # Nothing left at the old place.
+  try:
+    for model_path in (moved / "graph.pb", moved / "model.tflite",
+                       moved / "saved_model"):
+      proc = helpers.run_cli([f"--model={model_path}",
+                              f"--image={result.test_paths[0]}",
+                              "--top_k=1", "--format=csv"],
+                             module="retrain.label_image")
+      assert proc.returncode == 0, proc.stderr[-2000:]
+      top = result.labels[int(result.test_probabilities[0].argmax())]
+      assert f",1,{top}," in proc.stdout
+  finally:
+    shutil.move(str(tmp_path / "gone"), out)
+
+
+def test_reports_are_written_beside_the_graph(trained):
+  kind, config, result, tmp = trained
+  out = os.path.dirname(config.output_graph)
+  assert os.path.join(out, "report.html") in result.outputs
+  with open(os.path.join(out, "report.html"), encoding="utf-8") as f:
+    page = f.read()
+  assert "<script" not in page and "http://" not in page.replace(
+      "http://www.w3.org/2000/svg", "")
+  assert page.count("class=thumb") == len(result.report["misclassified"])

@@ -85,3 +85,71 @@ def test_confusion_png_with_matplotlib(tmp_path):
   png = tmp_path / "confusion_matrix.png"
   assert str(png) in written
   assert png.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+
+
+def _evaluation(tmp_path, wrong=3):
+  import numpy as np
+  from retrain import report
+  from PIL import Image
+  paths = []
+  for i in range(6):
+    path = tmp_path / f"img{i}.png"
+    Image.fromarray(np.full((40 + i, 30, 3), 40 * i, np.uint8)).save(path)
+    paths.append(str(path))
+  truth = np.array([0, 0, 1, 1, 2, 2])
+  predicted = truth.copy()
+  predicted[:wrong] = (truth[:wrong] + 1) % 3
+  probabilities = np.full((6, 3), 0.1, np.float32)
+  probabilities[np.arange(6), predicted] = [0.5, 0.9, 0.7, 0.8, 0.8, 0.8]
+  return report.classification_report(
+      truth, predicted, ["a<b", "c & d", "e"], paths, probabilities)
+
+
+def _curve():
+  from retrain import report_html
+  return report_html.Curve("head", [10, 20, 30], [0.5, 0.7, 0.9],
+                           [1.0, 0.6, 0.3], [0.4, 0.6, None],
+                           [1.1, 0.7, None])
+
+
+def test_html_report_has_tables_curves_and_worst_mistakes_first(tmp_path):
+  from retrain import report_html
+  evaluation = _evaluation(tmp_path)
+  path = report_html.write_html(str(tmp_path), evaluation, [_curve()],
+                                {"model": "m.pb"})
+  page = open(path, encoding="utf-8").read()
+  assert "<script" not in page
+  assert "a&lt;b" in page and "c &amp; d" in page and "a<b" not in page
+  assert page.count("class=thumb") == 3
+  assert page.count("src='data:image/jpeg;base64,") == 3
+  # Most confident mistake first: img1 (0.9), img2 (0.7), img0 (0.5).
+  order = [page.index(f"img{i}.png</span>") for i in (1, 2, 0)]
+  assert order == sorted(order)
+  assert page.count("<polyline") == 4  # Train and validation, 2 charts.
+  assert "50.0%" in page  # The accuracy.
+  matrix = page.split("id=confusion-matrix>")[1].split("</table>")[0]
+  assert matrix.count("<tr>") == 4 and ">1</td>" in matrix
+
+
+def test_html_report_gallery_is_capped_and_unreadable_images_named(
+    tmp_path, monkeypatch):
+  from retrain import report_html
+  evaluation = _evaluation(tmp_path, wrong=3)
+  monkeypatch.setattr(report_html, "MAX_GALLERY", 2)
+  import os
+  os.remove(evaluation["misclassified"][1]["image"])  # img1, the worst.
+  path = report_html.write_html(str(tmp_path), evaluation, [_curve()])
+  page = open(path, encoding="utf-8").read()
+  assert page.count("class=thumb") == 1
+  assert "(image unreadable)" in page
+  assert "and 1 more, listed in report.json" in page
+
+
+def test_html_report_without_mistakes_or_validation(tmp_path):
+  from retrain import report_html
+  evaluation = _evaluation(tmp_path, wrong=0)
+  curve = _curve()._replace(validation_accuracy=[None] * 3,
+                            validation_cross_entropy=[None] * 3)
+  page = report_html.render(evaluation, [curve], {})
+  assert "No test image was misclassified" in page
+  assert page.count("<polyline") == 2

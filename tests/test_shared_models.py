@@ -144,3 +144,118 @@ def test_exported_graph_is_optimized_for_inference(flower_run):
   assert "Rsqrt" not in ops and "FusedBatchNormV3" not in ops
   assert ops.count("Identity") <= 5
   assert {"image", "image_bytes", "final_result"} <= set(names)
+
+
+def _test_images(shared):
+  folder = os.path.join(shared, "models", "test_images")
+  return sorted(os.path.join(folder, p) for p in os.listdir(folder)
+                if p.endswith((".jpg", ".png")))
+
+
+def test_classic_client_feeds_the_models_own_input(flower_run, shared):
+  """A client written for the classic tool: decode, resize, scale by the
+  model's mean/std, feed the model's input (input:0 for slim MobileNets),
+  read final_result:0."""
+  import json
+  from retrain import label_image
+  kind, config, result, tmp, _ = flower_run
+  with open(os.path.splitext(config.output_graph)[0] + ".json") as f:
+    model_input = json.load(f)["inputs"]["model_input"]
+  if kind == "frozen_graph":
+    assert (model_input["name"], model_input["mean"],
+            model_input["std"]) == ("input:0", 127.5, 127.5)
+  else:  # The module's own input, taking [0, 1].
+    assert (model_input["mean"], model_input["std"]) == (0.0, 255.0)
+  photos = _test_images(shared)
+  _, ours, _ = label_image.load_classifier(config.output_graph).classify(
+      photos)
+  classic = helpers.export_probabilities("classic", config.output_graph,
+                                         photos, tmp)
+  # The export's own resize rule, the client's scaling: same numbers.
+  np.testing.assert_allclose(classic["same"], ours, atol=1e-3)
+  # The classic label_image's own resize (full decode, plain bilinear):
+  # same answers on these photos.
+  np.testing.assert_array_equal(classic["classic"].argmax(1), ours.argmax(1))
+  on_test = helpers.export_probabilities("classic", config.output_graph,
+                                         result.test_paths, tmp)
+  np.testing.assert_allclose(on_test["same"], result.test_probabilities,
+                             atol=1e-3)
+
+
+def _label_image_json(proc, labels):
+  """Probabilities [n, classes] (labels order) from label_image --format=json
+  --top_k=0 output."""
+  import json
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  rows = json.loads(proc.stdout)
+  return [r["image"] for r in rows], np.array(
+      [[{t["label"]: t["probability"] for t in r["top"]}[label]
+        for label in labels] for r in rows])
+
+
+def test_tflite_runs_on_litert_without_tensorflow(flower_run):
+  """label_image on a device with LiteRT, Pillow and numpy only."""
+  kind, config, result, _, _ = flower_run
+  proc = helpers.run_without_tensorflow(
+      [f"--model={config.tflite_output}", "--format=json", "--top_k=0"] +
+      [f"--image={p}" for p in result.test_paths])
+  assert proc.stderr == "", proc.stderr[-3000:]
+  paths, probs = _label_image_json(proc, result.labels)
+  assert paths == result.test_paths
+  # Pillow's libjpeg uses the accurate integer DCT, TensorFlow's the fast
+  # one: pixels differ by about one level on average; the resize rule is
+  # the same (tests/test_label_image.py).
+  agree = np.mean(probs.argmax(1) == result.test_probabilities.argmax(1))
+  diff = np.abs(probs - result.test_probabilities).max()
+  print(f"{kind}: LiteRT + Pillow vs session: top-1 agreement {agree:.3f}, "
+        f"max probability difference {diff:.4f}")
+  assert agree >= 0.98  # Measured: 1.0, probabilities within 0.035.
+  assert diff < 0.1
+
+
+def test_readme_litert_example_runs_without_tensorflow(flower_run, tmp_path):
+  """The README's ten lines for a device, run where TensorFlow is absent."""
+  import re
+  import shutil
+  kind, config, result, _, _ = flower_run
+  with open(os.path.join(helpers.REPO, "README.md"), encoding="utf-8") as f:
+    code = re.search(r"<!-- litert-example -->\s*```python\n(.+?)```",
+                     f.read(), re.S).group(1)
+  assert len(code.strip().splitlines()) <= 12
+  device = tmp_path / "device"
+  device.mkdir()
+  stem = os.path.splitext(config.tflite_output)[0]
+  for suffix in (".tflite", ".json", ".labels.txt"):
+    shutil.copy(stem + suffix, device / ("model" + suffix))
+  confident = int(np.argmax(result.test_probabilities.max(1)))
+  shutil.copy(result.test_paths[confident], device / "photo.jpg")
+  (device / "classify.py").write_text(code)
+  proc = helpers.run_without_tensorflow([], cwd=str(device),
+                                        script=str(device / "classify.py"))
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  expected = result.labels[int(result.test_probabilities[confident].argmax())]
+  assert proc.stdout.split()[0] == expected, proc.stdout
+
+
+def test_report_html_renders_in_a_browser(flower_run, tmp_path):
+  """report.html in headless Chromium: the per-class table, the matrix,
+  both charts, one decoded thumbnail per misclassified test image."""
+  kind, config, result, _, _ = flower_run
+  page = os.path.join(os.path.dirname(config.output_graph), "report.html")
+  dom = helpers.chromium_dom(page, tmp_path)
+  if dom is None:
+    message = "chromium is not installed (apt-get install chromium)"
+    if os.environ.get("CI") == "true":
+      pytest.fail(message)
+    pytest.skip(message)
+  wrong = len(result.report["misclassified"])
+  assert wrong > 0
+  assert 'id="per-class"' in dom and 'id="confusion-matrix"' in dom
+  for label in result.labels:
+    assert f"<th>{label}</th>" in dom
+  matrix = dom.split('id="confusion-matrix"')[1].split("</table>")[0]
+  assert matrix.count("<tr>") == len(result.labels) + 1
+  assert dom.count("<svg") == 2 and dom.count("<polyline") == 4
+  assert dom.count('class="thumb"') == wrong
+  assert f'data-loaded-images="{wrong}"' in dom
+  assert f"{result.test_accuracy * 100:.1f}%" in dom

@@ -1,0 +1,143 @@
+"""Bottlenecks of every image by set, from the cache or computed.
+
+Each image's vector is read from the on-disk cache or computed once and
+written to it; augmented copies of the training images are cached under their
+own model tags. The sets refer to rows of the memory-mapped cache index until
+`keep_in_memory` loads them.
+"""
+
+import hashlib
+import os
+from typing import Callable, Dict, List, Sequence, Tuple
+
+import numpy as np
+from absl import logging
+
+import cache
+from retrain import images, train
+from retrain.config import RunConfig
+from retrain.extract import BottleneckExtractor
+from retrain.model import FeatureExtractor
+from retrain.progress import Progress
+
+# Marks augmented copies in training set paths: "<image path>#augmented<k>".
+AUGMENTED_MARK = "#augmented"
+
+
+def _fill(store: cache.BottleneckCache, refs: Sequence[cache.ImageRef],
+          dim: int, what: str,
+          make_extractor: Callable[[], BottleneckExtractor]
+          ) -> cache.FillResult:
+  """store.fill with a lazily built extractor and a progress report."""
+  extractors: List[BottleneckExtractor] = []
+  progress: List[Progress] = []
+
+  def compute(missing):
+    if not missing:
+      return iter(())
+    progress.append(Progress(
+        f"{what} ({len(refs) - len(missing)} cached, {len(missing)} new)",
+        len(missing)))
+    extractors.append(make_extractor())
+    return extractors[0].compute(missing)
+
+  try:
+    return store.fill(refs, compute, dim,
+                      lambda done, total: progress[0].update(done))
+  finally:
+    for e in extractors:
+      e.close()
+    for p in progress:
+      p.close()
+
+
+def compute_bottlenecks(image_lists: images.ImageLists, fx: FeatureExtractor,
+                        config: RunConfig, random_seed: int = 0
+                        ) -> Tuple[Dict[str, train.LabeledBottlenecks],
+                                   cache.FillResult, int]:
+  """The bottlenecks of every image, by set, from the cache or computed.
+
+  With augmentation, the training set also holds `config.copies()` distorted
+  copies of every training image, each cached under its own model tag.
+  Returns (sets, fill result of the originals, augmented vectors computed).
+  """
+  refs, truth, category = [], [], []
+  for class_index, class_images in enumerate(image_lists.classes):
+    for cat in images.CATEGORIES:
+      for rel in class_images.images(cat):
+        refs.append(cache.ImageRef(image_lists.path(class_images, rel),
+                                   class_images.dir_name, rel))
+        truth.append(class_index)
+        category.append(cat)
+  result = _fill(cache.BottleneckCache(config.bottleneck_dir, fx.tag), refs,
+                 fx.bottleneck_size, "Bottlenecks", lambda: BottleneckExtractor(
+                     fx, config.bottleneck_batch_size))
+  truth = np.array(truth, np.int64)
+  category = np.array(category)
+  copies = config.copies()
+  # The sets refer to rows of the memory-mapped index: nothing is loaded
+  # yet (see keep_in_memory).
+  sets = {}
+  for cat in images.CATEGORIES:
+    keep = (category == cat) & result.ok
+    rows = np.flatnonzero(keep)
+    sets[cat] = train.LabeledBottlenecks(
+        result.vectors, truth[keep], [refs[i].path for i in rows], rows)
+  augmented = 0
+  if copies:
+    distortions = config.distortions()
+    train_keep = (category == images.TRAINING) & result.ok
+    train_refs = [r for r, k in zip(refs, train_keep) if k]
+    xs, ys, paths = [sets[images.TRAINING].in_memory().x], [
+        truth[train_keep]], list(sets[images.TRAINING].paths)
+    for copy in range(1, copies + 1):
+      tag = augmented_tag(fx.tag, distortions, random_seed, copy)
+      filled = _fill(cache.BottleneckCache(config.bottleneck_dir, tag),
+                     train_refs, fx.bottleneck_size,
+                     f"Augmented copy {copy}/{copies}",
+                     lambda copy=copy: BottleneckExtractor(
+                         fx, config.bottleneck_batch_size,
+                         distortions=distortions, copy=copy,
+                         random_seed=random_seed))
+      augmented += filled.computed
+      xs.append(filled.vectors[filled.ok])
+      ys.append(truth[train_keep][filled.ok])
+      paths += [f"{r.path}{AUGMENTED_MARK}{copy}"
+                for r, k in zip(train_refs, filled.ok) if k]
+    sets[images.TRAINING] = train.LabeledBottlenecks(
+        np.concatenate(xs), np.concatenate(ys), paths)
+    logging.info("Augmentation: %d distorted copies of %d training images "
+                 "(%s), %d computed, the rest from cache", copies,
+                 len(train_refs), distortions, augmented)
+  return sets, result, augmented
+
+
+def keep_in_memory(sets: Dict[str, train.LabeledBottlenecks],
+                   config: RunConfig) -> Dict[str, train.LabeledBottlenecks]:
+  """The sets loaded into memory, unless larger than the memory budget; then
+  training reads them where needed from the memory-mapped cache index."""
+  size = sum(len(s) * s.x.shape[1] * 4 for s in sets.values()
+             if s.rows is not None)
+  if size <= in_memory_limit(config):
+    return {cat: s.in_memory() for cat, s in sets.items()}
+  logging.info("Bottlenecks (%.0f MB) exceed --max_in_memory_mb; training "
+               "reads them from the memory-mapped cache index", size / 2**20)
+  return sets
+
+
+def in_memory_limit(config: RunConfig) -> int:  # bytes
+  """Bytes of bottlenecks held in memory before training reads them from
+  disk: --max_in_memory_mb, or by default a quarter of physical memory."""
+  if config.max_in_memory_mb > 0:
+    return int(config.max_in_memory_mb * 2**20)
+  try:
+    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 4
+  except (ValueError, OSError, AttributeError):
+    return 2 * 2**30
+
+
+def augmented_tag(tag: str, distortions, random_seed: int, copy: int) -> str:
+  """The cache tag of augmented copy `copy`: model + distortions + seed."""
+  digest = hashlib.sha1(repr((tuple(distortions), random_seed)).encode()
+                        ).hexdigest()[:8]
+  return f"{tag}.aug{copy}-{digest}"

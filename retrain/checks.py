@@ -1,0 +1,119 @@
+"""Flag values checked before anything is logged or written.
+
+Bad input gives one line (a UserError) and no files: every value that cannot
+work, and every output folder that cannot be written, is caught here.
+"""
+
+import os
+import re
+import tempfile
+
+from retrain import export, train
+from retrain.config import HParams, RunConfig
+from retrain.errors import UserError
+
+
+def check_config(config: RunConfig, hparams: HParams) -> None:
+  """Raises UserError for a flag value that cannot work. Writes nothing."""
+  def need(ok: bool, message: str) -> None:
+    if not ok:
+      raise UserError(message)
+  for flag in ("testing_percentage", "validation_percentage"):
+    value = getattr(config, flag)
+    need(0 <= value < 100, f"--{flag}={value}: must be from 0 to 99")
+  total = config.testing_percentage + config.validation_percentage
+  need(total < 100, f"--testing_percentage plus --validation_percentage is "
+       f"{total}; must be below 100 so that images are left for training")
+  for flag in ("how_many_training_steps", "train_batch_size",
+               "eval_step_interval"):
+    value = getattr(hparams, flag)
+    need(value > 0, f"--{flag}={value}: must be a positive number")
+  need(hparams.learning_rate > 0,
+       f"--learning_rate={hparams.learning_rate}: must be positive")
+  for flag in ("validation_batch_size", "test_batch_size"):
+    value = getattr(hparams, flag)
+    need(value > 0 or value == -1,
+         f"--{flag}={value}: must be positive, or -1 for the whole set")
+  need(config.bottleneck_batch_size > 0,
+       f"--bottleneck_batch_size={config.bottleneck_batch_size}: must be "
+       "positive")
+  need(config.max_in_memory_mb >= 0,
+       f"--max_in_memory_mb={config.max_in_memory_mb}: must be 0 (auto) or "
+       "positive")
+  need(config.intermediate_store_frequency >= 0,
+       f"--intermediate_store_frequency={config.intermediate_store_frequency}"
+       ": must be 0 (off) or positive")
+  need(bool(re.fullmatch(r"[A-Za-z0-9.][A-Za-z0-9_.\-/]*",
+                         config.final_tensor_name)),
+       f"--final_tensor_name={config.final_tensor_name!r}: not a valid "
+       "TensorFlow op name (letters, digits, '_', '.', '-', '/')")
+  for flag in ("output_graph", "output_labels"):
+    path = getattr(config, flag)
+    need(bool(path), f"--{flag} must not be empty")
+    need(not os.path.isdir(path),
+         f"--{flag}={path} is a folder; pass a file path")
+    _check_writable(flag, os.path.dirname(os.path.abspath(path)))
+  folders = [("bottleneck_dir", config.bottleneck_dir)]
+  if config.summaries_dir:
+    folders.append(("summaries_dir", config.summaries_dir))
+  if config.intermediate_store_frequency:
+    folders.append(("intermediate_output_graphs_dir",
+                    config.intermediate_output_graphs_dir))
+  if config.checkpoint_path:
+    folders.append(("checkpoint_path",
+                    os.path.dirname(os.path.abspath(config.checkpoint_path))))
+  for flag, folder in folders:
+    need(bool(folder), f"--{flag} must not be empty")
+    _check_writable(flag, folder)
+  need(hparams.class_sampling in train.SAMPLERS,
+       f"--class_sampling={hparams.class_sampling}: must be one of "
+       f"{', '.join(train.SAMPLERS)}")
+  for flag, top in (("random_crop", 100), ("random_scale", 100),
+                    ("random_brightness", 99)):
+    value = getattr(config, flag)
+    need(0 <= value <= top, f"--{flag}={value}: must be a percentage from 0 "
+         f"to {top}")
+  need(config.augmentation_copies >= 0,
+       f"--augmentation_copies={config.augmentation_copies}: must be 0 or "
+       "more")
+  need(not config.augmentation_copies or config.distortions().any(),
+       f"--augmentation_copies={config.augmentation_copies} needs a "
+       "distortion: --flip_left_right, --random_crop, --random_scale or "
+       "--random_brightness")
+  need(config.tflite_quantize in export.TFLITE_QUANTIZATIONS,
+       f"--tflite_quantize={config.tflite_quantize}: must be one of "
+       f"{', '.join(export.TFLITE_QUANTIZATIONS)}")
+  need(config.tflite_quantize == "none" or bool(config.tflite_output),
+       f"--tflite_quantize={config.tflite_quantize} needs --tflite_output="
+       "PATH.tflite")
+  if config.tflite_output:
+    need(not os.path.isdir(config.tflite_output),
+         f"--tflite_output={config.tflite_output} is a folder; pass a file "
+         "path")
+    _check_writable("tflite_output",
+                    os.path.dirname(os.path.abspath(config.tflite_output)))
+  if config.saved_model_dir:
+    d = config.saved_model_dir
+    need(not os.path.isfile(d), f"--saved_model_dir={d} is a file; pass a "
+         "folder path")
+    need(not os.path.isdir(d) or not os.listdir(d) or
+         export.is_saved_model_dir(d),
+         f"--saved_model_dir={d} exists and holds something other than a "
+         "SavedModel; pass a new or empty folder")
+    _check_writable("saved_model_dir", os.path.dirname(os.path.abspath(d)))
+
+
+def _check_writable(flag: str, folder: str) -> None:
+  """The folder, or its nearest existing ancestor, must be a writable folder."""
+  probe = os.path.abspath(folder)
+  while not os.path.exists(probe):
+    probe = os.path.dirname(probe)
+  if not os.path.isdir(probe):
+    raise UserError(f"--{flag}: {probe} is a file, so {folder} cannot be "
+                    "created; choose another path")
+  try:  # A real probe: access() says yes to root even on read-only mounts.
+    with tempfile.TemporaryFile(dir=probe):
+      pass
+  except OSError:
+    raise UserError(f"--{flag}: cannot write in {probe}; choose a folder you "
+                    "can write to")

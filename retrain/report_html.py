@@ -1,0 +1,284 @@
+"""report.html: one self-contained page to look at after a run.
+
+Accuracy, the per-class table, the confusion matrix, training curves (inline
+SVG) and a gallery of the misclassified test images (inline JPEG
+thumbnails), worst first. No script, no external file: it opens from disk in
+any browser and can be mailed as it is. Rendering is plain Python; only
+`thumbnails` uses TensorFlow (to decode and shrink the images).
+"""
+
+import base64
+import datetime
+import html
+import os
+from typing import Dict, Mapping, NamedTuple, Optional, Sequence
+
+from cache.atomic import atomic_write_text
+
+REPORT_HTML = "report.html"
+
+# Misclassified images shown as thumbnails; the rest are counted (all of
+# them are listed in report.json).
+MAX_GALLERY = 200
+THUMBNAIL_SIZE = 160  # Longest side, in pixels.
+
+_TRAIN_COLOR = "#1f77b4"
+_VALIDATION_COLOR = "#ff7f0e"
+
+
+class Curve(NamedTuple):
+  """One training stage's evaluations, for the charts.
+
+  steps [n]; train_* are measured on the step's batch, validation_* on the
+  validation sample (None where there was none).
+  """
+  stage: str
+  steps: Sequence[int]
+  train_accuracy: Sequence[float]
+  train_cross_entropy: Sequence[float]
+  validation_accuracy: Sequence[Optional[float]]
+  validation_cross_entropy: Sequence[Optional[float]]
+
+
+def thumbnails(paths: Sequence[str], size: int = THUMBNAIL_SIZE
+               ) -> Dict[str, str]:
+  """data: URIs of JPEG thumbnails (longest side `size`), by path.
+
+  Images that cannot be read or decoded now are left out.
+  """
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  out = {}
+  for path in paths:
+    try:
+      with open(path, "rb") as f:
+        data = f.read()
+      image = tf.io.decode_image(data, channels=3, expand_animations=False)
+      h, w = int(image.shape[0]), int(image.shape[1])
+      scale = min(1.0, size / max(h, w))
+      small = tf.image.resize(image, [max(1, round(h * scale)),
+                                      max(1, round(w * scale))],
+                              antialias=True)
+      jpeg = tf.io.encode_jpeg(tf.cast(tf.clip_by_value(
+          tf.round(small), 0, 255), tf.uint8), quality=85).numpy()
+    except (OSError, tf.errors.OpError, ValueError):
+      continue
+    out[path] = "data:image/jpeg;base64," + base64.b64encode(jpeg).decode()
+  return out
+
+
+def _e(value) -> str:
+  return html.escape(str(value), quote=True)
+
+
+def _pct(value: Optional[float]) -> str:
+  return "n/a" if value is None else f"{value * 100:.1f}%"
+
+
+_STYLE = """
+body{font-family:system-ui,-apple-system,'Segoe UI',Roboto,sans-serif;
+margin:24px auto;max-width:1100px;color:#222;padding:0 16px}
+h1{font-size:1.5em;margin-bottom:4px}h2{font-size:1.2em;margin-top:32px;
+border-bottom:1px solid #ddd;padding-bottom:4px}
+.meta{color:#666;font-size:.9em}
+.big{font-size:2.2em;font-weight:600;margin:8px 0}
+table{border-collapse:collapse;font-size:.92em}
+td,th{padding:4px 10px;border:1px solid #ddd;text-align:right}
+th{background:#f5f5f5}td.l,th.l{text-align:left}
+table.matrix td{min-width:44px;text-align:center}
+.charts{display:flex;flex-wrap:wrap;gap:16px}
+.gallery{display:flex;flex-wrap:wrap;gap:12px}
+figure{margin:0;width:176px;font-size:.8em;border:1px solid #ddd;
+padding:6px;border-radius:4px}
+figure img{display:block;max-width:160px;max-height:160px;margin:0 auto 4px}
+figcaption{word-break:break-all}.wrong{color:#b00}
+"""
+
+
+def _summary_table(evaluation: Mapping, facts: Mapping[str, object]) -> str:
+  rows = "".join(f"<tr><th class=l>{_e(k)}</th><td class=l>{_e(v)}</td></tr>"
+                 for k, v in facts.items())
+  return (f"<div class=big>{_pct(evaluation['accuracy'])}</div>"
+          f"<p>test accuracy on {evaluation['count']} images</p>"
+          f"<table class=facts>{rows}</table>")
+
+
+def _per_class_table(evaluation: Mapping) -> str:
+  head = ("<tr><th class=l>class</th><th>precision</th><th>recall</th>"
+          "<th>F1</th><th>support</th></tr>")
+  rows = [f"<tr><td class=l>{_e(c['label'])}</td><td>{c['precision']:.3f}"
+          f"</td><td>{c['recall']:.3f}</td><td>{c['f1']:.3f}</td>"
+          f"<td>{c['support']}</td></tr>" for c in evaluation["per_class"]]
+  for name in ("macro_avg", "weighted_avg"):
+    a = evaluation[name]
+    rows.append(f"<tr><th class=l>{name.replace('_', ' ')}</th>"
+                f"<td>{a['precision']:.3f}</td><td>{a['recall']:.3f}</td>"
+                f"<td>{a['f1']:.3f}</td><td>{evaluation['count']}</td></tr>")
+  return f"<table id=per-class>{head}{''.join(rows)}</table>"
+
+
+def _matrix_table(evaluation: Mapping) -> str:
+  labels = evaluation["labels"]
+  matrix = evaluation["confusion_matrix"]
+  head = "<tr><th class=l>true \\ predicted</th>" + "".join(
+      f"<th>{_e(l)}</th>" for l in labels) + "</tr>"
+  rows = []
+  for label, row in zip(labels, matrix):
+    total = sum(row)
+    cells = []
+    for j, value in enumerate(row):
+      share = value / total if total else 0.0
+      diagonal = labels[j] == label
+      color = (f"rgba(31,119,180,{share:.3f})" if diagonal
+               else f"rgba(214,39,40,{share:.3f})")
+      ink = "#fff" if share > 0.5 else "#222"
+      cells.append(f"<td style='background:{color};color:{ink}' "
+                   f"title='{_e(label)} predicted as {_e(labels[j])}: "
+                   f"{value}'>{value}</td>")
+    rows.append(f"<tr><th class=l>{_e(label)}</th>{''.join(cells)}</tr>")
+  return f"<table class=matrix id=confusion-matrix>{head}{''.join(rows)}</table>"
+
+
+def _chart(title: str, curves: Sequence[Curve], train_key: str,
+           validation_key: str, percent: bool) -> str:
+  """An SVG line chart of train and validation values by step."""
+  width, height, left, right, top, bottom = 480, 260, 56, 12, 28, 36
+  series = []  # (color, dashed, [(step, value)]).
+  offset = 0
+  for k, curve in enumerate(curves):
+    for key, color in ((train_key, _TRAIN_COLOR),
+                       (validation_key, _VALIDATION_COLOR)):
+      points = [(offset + s, v) for s, v in zip(curve.steps,
+                                                getattr(curve, key))
+                if v is not None]
+      if points:
+        series.append((color, k > 0, points))
+    if curve.steps:
+      offset += curve.steps[-1]
+  values = [v for _, _, pts in series for _, v in pts]
+  if not values:
+    return ""
+  x_max = max(1, offset)
+  y_min = 0.0
+  y_max = 1.0 if percent else max(max(values) * 1.05, 1e-6)
+
+  def x(step):
+    return left + (width - left - right) * step / x_max
+
+  def y(value):
+    return top + (height - top - bottom) * (1 - (value - y_min) /
+                                            (y_max - y_min))
+  parts = [f"<svg xmlns='http://www.w3.org/2000/svg' width='{width}' "
+           f"height='{height}' role='img' aria-label='{_e(title)}'>",
+           f"<text x='{left}' y='16' font-size='13' font-weight='600'>"
+           f"{_e(title)}</text>"]
+  for i in range(5):
+    value = y_min + (y_max - y_min) * i / 4
+    label = f"{value * 100:.0f}%" if percent else f"{value:.2f}"
+    parts.append(f"<line x1='{left}' x2='{width - right}' y1='{y(value):.1f}'"
+                 f" y2='{y(value):.1f}' stroke='#eee'/><text x='{left - 6}' "
+                 f"y='{y(value) + 4:.1f}' font-size='10' text-anchor='end'>"
+                 f"{label}</text>")
+  parts.append(f"<text x='{width - right}' y='{height - 6}' font-size='10' "
+               f"text-anchor='end'>step {x_max}</text><text x='{left}' "
+               f"y='{height - 6}' font-size='10'>0</text>")
+  for color, dashed, points in series:
+    path = " ".join(f"{x(s):.1f},{y(v):.1f}" for s, v in points)
+    dash = " stroke-dasharray='5,3'" if dashed else ""
+    parts.append(f"<polyline fill='none' stroke='{color}' stroke-width='1.5'"
+                 f"{dash} points='{path}'/>")
+  legend_y = height - 20
+  for k, (name, color) in enumerate((("train", _TRAIN_COLOR),
+                                     ("validation", _VALIDATION_COLOR))):
+    lx = left + 10 + k * 110
+    parts.append(f"<line x1='{lx}' x2='{lx + 18}' y1='{legend_y}' "
+                 f"y2='{legend_y}' stroke='{color}' stroke-width='2'/>"
+                 f"<text x='{lx + 22}' y='{legend_y + 4}' font-size='11'>"
+                 f"{name}</text>")
+  parts.append("</svg>")
+  return "".join(parts)
+
+
+def _gallery(evaluation: Mapping, thumbs: Mapping[str, str]) -> str:
+  wrong = sorted(evaluation["misclassified"],
+                 key=lambda r: -r.get("probability", 0.0))
+  if not wrong:
+    return "<p>No test image was misclassified.</p>"
+  figures = []
+  for row in wrong[:MAX_GALLERY]:
+    uri = thumbs.get(row["image"])
+    picture = (f"<img class=thumb src='{uri}' alt='{_e(row['image'])}'>"
+               if uri else "<div class=missing>(image unreadable)</div>")
+    probability = (f" ({row['probability']:.3f})" if "probability" in row
+                   else "")
+    figures.append(
+        f"<figure>{picture}<figcaption>"
+        f"<b class=wrong>{_e(row['predicted'])}</b>{probability}<br>"
+        f"true: {_e(row['true'])}<br>"
+        f"<span class=meta>{_e(os.path.basename(str(row['image'])))}"
+        f"</span></figcaption></figure>")
+  more = len(wrong) - MAX_GALLERY
+  note = (f"<p>and {more} more, listed in report.json.</p>" if more > 0
+          else "")
+  return f"<div class=gallery id=misclassified>{''.join(figures)}</div>{note}"
+
+
+def render(evaluation: Mapping, curves: Sequence[Curve],
+           thumbs: Mapping[str, str],
+           facts: Optional[Mapping[str, object]] = None) -> str:
+  """The page as a string.
+
+  Args:
+    evaluation: report.classification_report of the test set.
+    curves: the training stages' evaluations, in order.
+    thumbs: data: URIs of misclassified images, by path (see thumbnails).
+    facts: a few lines about the run (model, images, steps), shown on top.
+  """
+  facts = dict(facts or {})
+  charts = "".join(
+      _chart(title, curves, train_key, validation_key, percent)
+      for title, train_key, validation_key, percent in (
+          ("Accuracy", "train_accuracy", "validation_accuracy", True),
+          ("Cross entropy", "train_cross_entropy",
+           "validation_cross_entropy", False)))
+  stages = ", ".join(c.stage for c in curves)
+  generated = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
+  return (
+      "<!DOCTYPE html><html lang=en><head><meta charset=utf-8>"
+      "<meta name=viewport content='width=device-width,initial-scale=1'>"
+      f"<title>retrain report: {_pct(evaluation['accuracy'])}</title>"
+      f"<style>{_STYLE}</style></head><body>"
+      f"<h1>retrain report</h1><p class=meta>written {generated}</p>"
+      f"{_summary_table(evaluation, facts)}"
+      "<h2>Per class</h2>" + _per_class_table(evaluation) +
+      "<h2>Confusion matrix</h2><p class=meta>rows: true class; columns: "
+      "predicted class; shade: share of the row.</p>" +
+      _matrix_table(evaluation) +
+      f"<h2>Training</h2><p class=meta>{_e(stages)}; train values are "
+      "measured on each step's batch, validation values on the validation "
+      "sample.</p>"
+      f"<div class=charts>{charts}</div>"
+      f"<h2>Misclassified test images ({len(evaluation['misclassified'])})"
+      "</h2><p class=meta>most confident mistakes first: predicted label "
+      "(its probability), true label, file.</p>" +
+      _gallery(evaluation, thumbs) + "</body></html>\n")
+
+
+def write_html(folder: str, evaluation: Mapping, curves: Sequence[Curve],
+               facts: Optional[Mapping[str, object]] = None) -> str:
+  """Writes report.html (atomically) into `folder`; returns its path."""
+  wrong = sorted(evaluation["misclassified"],
+                 key=lambda r: -r.get("probability", 0.0))[:MAX_GALLERY]
+  thumbs = thumbnails([r["image"] for r in wrong if r.get("image")])
+  path = os.path.join(folder, REPORT_HTML)
+  atomic_write_text(path, render(evaluation, curves, thumbs, facts))
+  return path
+
+
+def curve_from_history(stage: str, history: Sequence) -> Curve:
+  """A Curve from train.EvalPoint-like records."""
+  return Curve(stage, [p.step for p in history],
+               [p.train_accuracy for p in history],
+               [p.cross_entropy for p in history],
+               [p.validation_accuracy for p in history],
+               [getattr(p, "validation_cross_entropy", None) for p in history])
+

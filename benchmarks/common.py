@@ -16,7 +16,16 @@ def shared_dir() -> str:
 
 
 def peak_rss_mb() -> float:
-  """Peak resident memory of this process so far, in MB."""
+  """Peak resident memory of this process so far, in MB: the high-water
+  mark of its own memory (VmHWM), not ru_maxrss, which Linux carries over
+  from a parent process across fork and exec."""
+  try:
+    with open("/proc/self/status", encoding="ascii") as f:
+      for line in f:
+        if line.startswith("VmHWM:"):
+          return int(line.split()[1]) / 1024
+  except OSError:
+    pass
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
@@ -35,6 +44,36 @@ def dev_images(image_dir=None) -> str:
   """The image folder to measure: the flag's, or the shared dev flowers."""
   return image_dir or os.path.join(shared_dir(), "datasets",
                                    "flower_photos_dev")
+
+
+def subset_images(image_dir: str, count: int, folder: str) -> str:
+  """A folder of links to `count` photos of image_dir, spread evenly over its
+  class folders (sorted names, so the same photos every time), each class
+  with at least one validation and one test photo both by retrain's split
+  and by the classic tool's (which hashes the full path, and fails on a
+  class without)."""
+  from retrain import images  # pylint: disable=g-import-not-at-top
+  classes = sorted(d for d in os.listdir(image_dir)
+                   if os.path.isdir(os.path.join(image_dir, d)) and
+                   not d.startswith("."))
+  for k, name in enumerate(classes):
+    files = sorted(f for f in os.listdir(os.path.join(image_dir, name))
+                   if images.is_image_name(f) and not f.startswith("."))
+    take = count // len(classes) + (k < count % len(classes))
+    picked = []
+    for rule in (lambda f: f,  # retrain: the name below the class folder.
+                 lambda f: os.path.join(folder, name, f)):  # classic.
+      for want in ("validation", "testing"):
+        if not [f for f in picked
+                if images.assign_category(rule(f), 10, 10) == want]:
+          picked += [f for f in files
+                     if images.assign_category(rule(f), 10, 10) == want][:1]
+    picked += [f for f in files if f not in picked][:take - len(picked)]
+    os.makedirs(os.path.join(folder, name), exist_ok=True)
+    for f in picked:
+      os.symlink(os.path.join(os.path.abspath(image_dir), name, f),
+                 os.path.join(folder, name, f))
+  return folder
 
 
 def model_choice(graph=None, tfhub_module=None):

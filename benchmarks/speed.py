@@ -1,7 +1,12 @@
 """Where the time goes, measured side by side in one run.
 
-  python benchmarks/speed.py [--image_dir=DIR] [--graph=PB | --tfhub_module=DIR]
+  python benchmarks/speed.py [--image_dir=DIR] [--graph=PB | --tfhub_module=DIR
+                             | --inception_sized] [--max_images=N]
                              [--classic=PATH/TO/retrain.py]
+
+--inception_sized measures a heavy model: an Inception-v3-sized graph with
+the classic names, built offline by benchmarks/inception_sized.py (the
+classic tool then runs with --architecture=inception_v3 on it).
 
 Prints, for one image folder and model: the model's raw forward throughput on
 pre-decoded batches and the decode throughput (their limit for extraction is
@@ -33,20 +38,39 @@ common.define_model_flags(tfhub=True)
 flags.DEFINE_string("classic", None, "Path to the classic retrain.py.")
 flags.DEFINE_string("classic_architecture", "mobilenet_0.25_224",
                     "--architecture for the classic tool.")
-flags.DEFINE_integer("batch_size", 64, "CNN batch for the forward test.")
+flags.DEFINE_string("forward_batch_sizes", "1,8,16,32,64",
+                    "CNN batch sizes of the raw forward test.")
+flags.DEFINE_bool("inception_sized", False, "Measure an Inception-v3-sized "
+                  "graph built offline (benchmarks/inception_sized.py).")
+flags.DEFINE_integer("max_images", 0, "Use only this many photos (spread "
+                     "over the classes; 0: all).")
 FLAGS = flags.FLAGS
 
+# Runs the classic tool on current TensorFlow: the tf.compat.v1 API under
+# the name tensorflow, and graph_util's freezing function where it used it.
 _SHIM = ("import sys, tensorflow.compat.v1 as tf; tf.disable_v2_behavior(); "
+         "from tensorflow.python.framework import graph_util as gu; "
+         "gu.convert_variables_to_constants = "
+         "tf.graph_util.convert_variables_to_constants; "
          "sys.modules['tensorflow'] = tf; sys.argv = sys.argv[1:]; "
          "exec(compile(open(sys.argv[0]).read(), sys.argv[0], 'exec'), "
          "{'__name__': '__main__'})")
 
 
-# Runs a Python command line and writes its peak RSS (KB) to $RSS_OUT.
+# Runs a Python command line and writes its peak RSS (KB) to $RSS_OUT: the
+# high-water mark of its own memory map (/proc/self/status VmHWM). Not
+# ru_maxrss, which Linux carries over from the parent's memory across fork
+# and exec, so a child would report this benchmark's own peak.
 _RSS_WRAPPER = (
-    "import atexit, os, resource, runpy, sys\n"
+    "import atexit, os, re, resource, runpy, sys\n"
+    "def _peak():\n"
+    "  try:\n"
+    "    with open('/proc/self/status') as f:\n"
+    "      return int(re.search(r'VmHWM:\\s+(\\d+)', f.read()).group(1))\n"
+    "  except (OSError, AttributeError):\n"
+    "    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
     "atexit.register(lambda: open(os.environ['RSS_OUT'], 'w').write(str("
-    "resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)))\n"
+    "_peak())))\n"
     "sys.argv = sys.argv[1:]\n"
     "if sys.argv[0] == '-m':\n"
     "  sys.argv = sys.argv[1:]; runpy.run_module(sys.argv[0], "
@@ -73,6 +97,17 @@ def _child_run(args, env=None):
   return wall, peak
 
 
+def _classic_inception_dir(graph: str, folder: str) -> str:
+  """A --model_dir where the classic tool finds Inception-v3 as if it had
+  downloaded it: the tarball it looks for, holding `graph`."""
+  import tarfile  # pylint: disable=g-import-not-at-top
+  os.makedirs(folder, exist_ok=True)
+  with tarfile.open(os.path.join(folder, "inception-2015-12-05.tgz"),
+                    "w:gz") as tar:
+    tar.add(graph, arcname="classify_image_graph_def.pb")
+  return folder
+
+
 def main(_):
   from retrain import cli  # pylint: disable=g-import-not-at-top
   cli.quiet_tensorflow()
@@ -81,14 +116,23 @@ def main(_):
   from retrain import bottlenecks, images, model, train
   from retrain.config import HParams, RunConfig
   from retrain.extract import BottleneckExtractor, ImageDecoder
+  work = tempfile.mkdtemp(prefix="retrain_speed_")
   image_dir = common.dev_images(FLAGS.image_dir)
-  options, model_args = common.model_choice(FLAGS.graph, FLAGS.tfhub_module)
+  if FLAGS.max_images:
+    image_dir = common.subset_images(image_dir, FLAGS.max_images,
+                                     os.path.join(work, "photos"))
+  graph = FLAGS.graph
+  classic_architecture = FLAGS.classic_architecture
+  if FLAGS.inception_sized:
+    import inception_sized  # pylint: disable=g-import-not-at-top
+    graph = inception_sized.build()
+    classic_architecture = "inception_v3"
+  options, model_args = common.model_choice(graph, FLAGS.tfhub_module)
   fx = model.load_feature_extractor(options)
   lists = images.list_images(image_dir, 10, 10)
   paths = [lists.path(c, rel) for c in lists.classes
            for cat in images.CATEGORIES for rel in c.images(cat)]
   cores = os.cpu_count() or 1
-  work = tempfile.mkdtemp(prefix="retrain_speed_")
   rows = []
 
   # Decode throughput, one thread; then the raw forward pass on batches.
@@ -99,17 +143,24 @@ def main(_):
     decoded.append(decoder.decode(p)[0])
   decode_rate = len(paths) / (time.perf_counter() - start)
   decoder.close()
-  batch = np.stack(decoded[:FLAGS.batch_size])
+  forward = {}
+  with BottleneckExtractor(fx, batch_size=1) as extractor:
+    for size in [int(b) for b in FLAGS.forward_batch_sizes.split(",")]:
+      batch = np.stack((decoded * (size // len(decoded) + 1))[:size])
+      extractor.bottlenecks(batch)  # A new shape's first run sets up.
+      start = time.perf_counter()
+      n = 0
+      while time.perf_counter() - start < 3 or n < min(len(paths), 64):
+        extractor.bottlenecks(batch)
+        n += len(batch)
+      forward[size] = n / (time.perf_counter() - start)
+  forward_rate = max(forward.values())
+  # Steady state: one extractor (batch size chosen as by default), start-up
+  # and cache excluded (median of three passes after the one that chose).
   with BottleneckExtractor(fx) as extractor:
-    extractor.bottlenecks(batch)
-    start = time.perf_counter()
-    n = 0
-    while time.perf_counter() - start < 3 or n < len(paths):
-      extractor.bottlenecks(batch)
-      n += len(batch)
-    forward_rate = n / (time.perf_counter() - start)
-    # Steady state: the same extractor again, start-up and cache excluded
-    # (median of three passes).
+    while extractor._tuner:  # pylint: disable=protected-access
+      sum(1 for _ in extractor.compute(paths))
+    chosen_batch = extractor.batch_size
     rates = []
     for _ in range(3):
       start = time.perf_counter()
@@ -120,16 +171,17 @@ def main(_):
   # Decoding and the CNN share the same cores, so together they cannot beat
   # one image's total CPU time: 1 / (1/forward + 1/(decode x cores)).
   shared = 1 / (1 / forward_rate + 1 / (decode_rate * cores))
-  rows.append(["raw forward, pre-decoded batches", f"{forward_rate:.0f}/s",
-               ""])
+  for size, rate in forward.items():
+    rows.append([f"raw forward, pre-decoded batches of {size}",
+                 f"{rate:.1f}/s", "best (F)" if rate == forward_rate else ""])
   rows.append([f"decode + resize, 1 thread (x {cores} cores)",
                f"{decode_rate:.0f}/s", f"{decode_rate * cores:.0f}/s"])
   rows.append(["extraction limit: min(forward, decode x cores)",
                f"{limit:.0f}/s", ""])
   rows.append(["shared-core bound: 1/(1/forward + 1/(decode x cores))",
                f"{shared:.0f}/s", f"{shared / limit * 100:.0f}% of limit"])
-  rows.append(["retrain extraction, steady state",
-               f"{steady_rate:.0f}/s",
+  rows.append([f"retrain extraction, steady state (batch {chosen_batch}, "
+               "chosen)", f"{steady_rate:.1f}/s",
                f"{steady_rate / limit * 100:.0f}% of limit, "
                f"{steady_rate / shared * 100:.0f}% of shared bound"])
 
@@ -180,12 +232,16 @@ def main(_):
                f"{warm_rss:.0f} MB"])
   if FLAGS.classic:
     classic_work = os.path.join(work, "classic")
+    model_dir = os.path.dirname(model_args[0].split("=", 1)[1])
+    if classic_architecture == "inception_v3":
+      model_dir = _classic_inception_dir(model_args[0].split("=", 1)[1],
+                                         os.path.join(work, "classic_model"))
     classic_wall, classic_rss = _child_run(
         [sys.executable, "-c", _SHIM, FLAGS.classic,
          f"--image_dir={image_dir}",
-         f"--architecture={FLAGS.classic_architecture}",
+         f"--architecture={classic_architecture}",
          f"--bottleneck_dir={classic_work}/bn",
-         f"--model_dir={os.path.dirname(model_args[0].split('=', 1)[1])}",
+         f"--model_dir={model_dir}",
          f"--output_graph={classic_work}/graph.pb",
          f"--output_labels={classic_work}/labels.txt",
          f"--summaries_dir={classic_work}/summaries"], env)

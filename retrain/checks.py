@@ -34,7 +34,8 @@ def check_config(config: RunConfig, hparams: HParams) -> None:
     value = getattr(hparams, flag)
     need(value > 0 or value == -1,
          f"--{flag}={value}: must be positive, or -1 for the whole set")
-  need(config.bottleneck_batch_size > 0,
+  need(config.bottleneck_batch_size is None or
+       config.bottleneck_batch_size > 0,
        f"--bottleneck_batch_size={config.bottleneck_batch_size}: must be "
        "positive")
   need(config.max_in_memory_mb >= 0,

@@ -67,7 +67,9 @@ class RunConfig(NamedTuple):
   # every 5% of the steps. The command line sets it to --eval_step_interval
   # when that flag is given.
   eval_log_interval: int = 0
-  bottleneck_batch_size: int = 64
+  # Images per CNN run when computing bottlenecks; None: chosen by timing
+  # the first batches (extract.BatchTuner).
+  bottleneck_batch_size: Optional[int] = None
   # Distortions of training images, cached as augmented copies.
   flip_left_right: bool = False
   random_crop: int = 0

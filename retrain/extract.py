@@ -6,10 +6,12 @@ import hashlib
 import os
 import re
 import threading
-from typing import Iterator, List, Optional, Sequence, Tuple
+import time
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
+from absl import logging
 
 from retrain import imageinfo, preprocess
 from retrain.errors import UserError
@@ -97,6 +99,93 @@ def augmentation_seed(random_seed: int, key: str, copy: int) -> List[int]:
   return [int(random_seed), int.from_bytes(digest[:7], "little")]
 
 
+# Batch sizes tried when none is given, smallest first. Light models run
+# fastest on large batches (MobileNet 0.25/128: 1200/s at 8, 3000/s at 64);
+# heavy ones can be slower there, where a large batch's activations no
+# longer fit the CPU caches (Inception-v3-sized graphs peaked at 8 on one
+# 2-core machine, were flat from 8 to 64 on another).
+AUTO_BATCH_SIZES = (8, 16, 32, 64)
+
+# The batch size chosen per model (tag), so that later extractors in the
+# same process (augmented copies) do not time again.
+_CHOSEN_BATCH: Dict[str, int] = {}
+
+# Batch sizes whose largest activation (one tensor, all images of the batch)
+# would pass this are not tried: memory, not speed, bounds them (an
+# Inception-v3-sized model has 5.5 MB per image, so 64 is skipped).
+ACTIVATION_BUDGET_BYTES = 256 * 2**20
+
+
+def largest_activation_bytes(graph: tf.Graph) -> int:
+  """Bytes per image of the graph's largest batch-sized tensor (static
+  shapes: tensors [batch, ...] with the rest known); 0 if none is known."""
+  largest = 0
+  for op in graph.get_operations():
+    for t in op.outputs:
+      shape = t.shape
+      if (shape.rank and shape.rank >= 2 and shape[0] is None and
+          shape[1:].is_fully_defined() and t.dtype.is_floating):
+        largest = max(largest, shape[1:].num_elements() * t.dtype.size)
+  return largest
+
+
+class BatchTuner:
+  """Picks the CNN batch size by timing real batches, smallest size first.
+
+  Each size runs TIMED_RUNS full batches (the first run of a new shape pays
+  one-off set-up, so the fastest run counts); sizes stop growing once one is
+  clearly slower than the best so far. The batches timed are real work:
+  their results are kept.
+  """
+
+  TIMED_RUNS = 2
+  SLOWER = 0.85  # A size at this share of the best rate ends the search.
+
+  def __init__(self, sizes: Sequence[int] = AUTO_BATCH_SIZES):
+    self.sizes = list(sizes)
+    self.rates: Dict[int, float] = {}  # images/s, the fastest run.
+    self._runs: Dict[int, int] = {}
+    self._stopped = False
+
+  @property
+  def done(self) -> bool:
+    return self._stopped or len(self._runs) == len(self.sizes) and all(
+        n >= self.TIMED_RUNS for n in self._runs.values())
+
+  def next_size(self) -> int:
+    """The batch size to run next."""
+    if self.done:
+      return self.best
+    for size in self.sizes:
+      if self._runs.get(size, 0) < self.TIMED_RUNS:
+        return size
+    return self.best
+
+  def record(self, size: int, images: int, seconds: float) -> None:
+    """One batch of `images` (a full batch of `size`) took `seconds`."""
+    if self.done or images != size or size not in self.sizes:
+      return
+    rate = images / max(seconds, 1e-9)
+    self.rates[size] = max(self.rates.get(size, 0.0), rate)
+    self._runs[size] = self._runs.get(size, 0) + 1
+    if self._runs[size] >= self.TIMED_RUNS:
+      if self.rates[size] < self.SLOWER * max(self.rates.values()):
+        self._stopped = True
+
+  def stop(self) -> None:
+    """Ends the search with the sizes timed so far."""
+    self._stopped = True
+
+  @property
+  def best(self) -> int:
+    if not self.rates:
+      return self.sizes[0]
+    return max(self.rates, key=lambda s: (self.rates[s], -s))
+
+  def describe(self) -> str:
+    return ", ".join(f"{s}: {r:.0f}/s" for s, r in sorted(self.rates.items()))
+
+
 class BottleneckExtractor:
   """Turns image files into bottleneck vectors.
 
@@ -108,12 +197,31 @@ class BottleneckExtractor:
       for index, vector, error in extractor.compute(paths): ...
   """
 
-  def __init__(self, fx: FeatureExtractor, batch_size: int = 64,
+  def __init__(self, fx: FeatureExtractor, batch_size: Optional[int] = None,
                num_threads: Optional[int] = None,
                distortions: Optional[preprocess.Distortions] = None,
                copy: int = 0, random_seed: int = 0):
-    """Args: distortions, copy, random_seed: compute augmented copy `copy`."""
+    """Args:
+      batch_size: images per CNN run; None picks it by timing the first
+        batches (BatchTuner), once per model and process.
+      distortions, copy, random_seed: compute augmented copy `copy`.
+    """
     self.fx = fx
+    self.graph = tf.Graph()
+    with self.graph.as_default():
+      self._images = tf1.placeholder(tf.float32, [None, *fx.input_size, 3],
+                                     name="images")
+      self._bottleneck = build_bottleneck(fx, self._images)
+    self.graph.finalize()
+    self._tuner = None
+    if batch_size is None:
+      batch_size = _CHOSEN_BATCH.get(fx.tag)
+      if batch_size is None:
+        per_image = largest_activation_bytes(self.graph)
+        sizes = [s for s in AUTO_BATCH_SIZES
+                 if s * per_image <= ACTIVATION_BUDGET_BYTES]
+        self._tuner = BatchTuner(sizes or AUTO_BATCH_SIZES[:1])
+        batch_size = self._tuner.next_size()
     self.batch_size = batch_size
     # Two decoding threads per core: each waits on file reads and on
     # session.run hand-offs, so one per core leaves cores idle (measured:
@@ -122,12 +230,6 @@ class BottleneckExtractor:
     self.decoder = ImageDecoder(fx.input_size, distortions, fx.preprocessing)
     self._copy = copy
     self._random_seed = random_seed
-    self.graph = tf.Graph()
-    with self.graph.as_default():
-      self._images = tf1.placeholder(tf.float32, [None, *fx.input_size, 3],
-                                     name="images")
-      self._bottleneck = build_bottleneck(fx, self._images)
-    self.graph.finalize()
     self.session = tf1.Session(graph=self.graph)
     # The first run of a session optimizes the graph and sets up its kernels
     # (0.1-0.3 s for a MobileNet); do it now, while the first images decode.
@@ -165,6 +267,22 @@ class BottleneckExtractor:
                       f"images ({op_error_reason(e)}); check --input_tensor, "
                       "--bottleneck_tensor and --input_size")
 
+  def _tune(self, images: int, seconds: float) -> None:
+    """Records a timed batch; sets the next batch size, and once the tuner
+    is done, keeps and logs its choice."""
+    self._tuner.record(self.batch_size, images, seconds)
+    self.batch_size = self._tuner.next_size()
+    if self._tuner.done:
+      _CHOSEN_BATCH[self.fx.tag] = self.batch_size
+      skipped = [s for s in AUTO_BATCH_SIZES if s not in self._tuner.sizes]
+      logging.info("Bottleneck batch size %d, chosen by timing the first "
+                   "batches (%s%s); --bottleneck_batch_size sets it",
+                   self.batch_size, self._tuner.describe(),
+                   f"; {', '.join(map(str, skipped))} would need more than "
+                   f"{ACTIVATION_BUDGET_BYTES >> 20} MB for one activation"
+                   if skipped else "")
+      self._tuner = None
+
   def decode_ref(self, ref) -> Tuple[Optional[np.ndarray], Optional[str]]:
     """Decodes an image (cache.ImageRef or path), distorted if so set up."""
     if isinstance(ref, str):
@@ -181,13 +299,13 @@ class BottleneckExtractor:
     """
     if not paths:
       return
-    window = self.batch_size * 2 + self.num_threads
     with concurrent.futures.ThreadPoolExecutor(self.num_threads) as pool:
       pending = collections.deque()
       batch_index, batch_images = [], []
       next_path = 0
       while pending or next_path < len(paths):
-        while next_path < len(paths) and len(pending) < window:
+        while next_path < len(paths) and len(pending) < (
+            self.batch_size * 2 + self.num_threads):
           pending.append((next_path, pool.submit(self.decode_ref,
                                                  paths[next_path])))
           next_path += 1
@@ -201,7 +319,13 @@ class BottleneckExtractor:
         if len(batch_images) == self.batch_size or (
             batch_images and not pending and next_path == len(paths)):
           self._warm_up.join()
+          start = time.perf_counter()
           vectors = self.bottlenecks(np.stack(batch_images))
+          if self._tuner:
+            self._tune(len(batch_images), time.perf_counter() - start)
           for i, v in zip(batch_index, vectors):
             yield i, v, None
           batch_index, batch_images = [], []
+    if self._tuner and self._tuner.rates:  # Too few images to try them all.
+      self._tuner.stop()
+      self._tune(0, 0.0)

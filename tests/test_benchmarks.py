@@ -46,3 +46,13 @@ def test_scaling_benchmark_prints_every_row(shared, tmp_path):
   for what in ("from sidecars (writes the index)", "from the index",
                "from the index, on disk (--max_in_memory_mb=1)"):
     assert f"60 cached bottlenecks {what}" in out
+
+
+def test_speed_benchmark_prints_every_row(shared):
+  out = _run("speed.py", ["--max_images=40", "--forward_batch_sizes=1,8"])
+  for row in ("| raw forward, pre-decoded batches of 1 ",
+              "| raw forward, pre-decoded batches of 8 ",
+              "| retrain extraction, steady state (batch ",
+              "| shared-core bound", "| whole command, warm cache"):
+    assert row in out, out
+  assert "40 images" in out

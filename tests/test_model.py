@@ -1,5 +1,7 @@
 """Loading frozen graphs and TF-Hub modules as feature extractors."""
 
+import os
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -217,3 +219,73 @@ def test_model_failing_on_batches_is_a_clear_error(tmp_path):
     with pytest.raises(UserError, match=r"fails on a batch of images \(.*"
                        r"batch of 1.*\); check --input_tensor"):
       extractor.bottlenecks(np.zeros((2, 8, 8, 3), np.float32))
+
+
+def test_batch_tuner_picks_the_fastest_size_and_stops_when_slower():
+  from retrain.extract import BatchTuner
+  speed = {8: 100.0, 16: 130.0, 32: 90.0, 64: 200.0}  # images/s
+  tuner = BatchTuner((8, 16, 32, 64))
+  seen = []
+  while not tuner.done:
+    size = tuner.next_size()
+    seen.append(size)
+    first_of_shape = seen.count(size) == 1  # Pays one-off set-up: slower.
+    tuner.record(size, size, size / speed[size] * (3 if first_of_shape
+                                                   else 1))
+  # 32 is clearly slower than 16: 64 is never tried.
+  assert seen == [8, 8, 16, 16, 32, 32]
+  assert tuner.best == 16 and tuner.next_size() == 16
+  assert "16: 130/s" in tuner.describe()
+  partial = BatchTuner((8, 16))
+  partial.record(8, 5, 0.01)  # A last, partial batch is not a measurement.
+  assert partial.rates == {} and partial.next_size() == 8
+
+
+def test_automatic_batch_size_is_used_logged_and_changes_nothing(
+    small_models, color_images, monkeypatch):
+  """Unset --bottleneck_batch_size: sizes are timed on the first real
+  batches, the choice is logged, and the vectors equal a batch-1 run."""
+  from retrain import extract
+  from retrain.extract import BottleneckExtractor
+  fx = model.load_feature_extractor(
+      ModelOptions(graph=small_models["inception"], tfhub_module=""))
+  paths = sorted(os.path.join(root, f) for root, _, files in
+                 os.walk(color_images) for f in files) * 3  # 216 images.
+  extract._CHOSEN_BATCH.pop(fx.tag, None)
+  logged = []
+  monkeypatch.setattr(extract.logging, "info",
+                      lambda fmt, *args: logged.append(fmt % args))
+  with BottleneckExtractor(fx) as auto:
+    assert auto.batch_size == 8
+    got = dict((i, v) for i, v, _ in auto.compute(paths))
+    chosen = auto.batch_size
+  assert chosen in extract.AUTO_BATCH_SIZES
+  assert extract._CHOSEN_BATCH[fx.tag] == chosen
+  assert [m for m in logged if m.startswith(
+      f"Bottleneck batch size {chosen}, chosen by timing")]
+  with BottleneckExtractor(fx) as again:  # Chosen once per model.
+    assert again.batch_size == chosen and again._tuner is None
+  with BottleneckExtractor(fx, batch_size=1) as single:
+    want = dict((i, v) for i, v, _ in single.compute(paths[:72]))
+  assert len(got) == len(paths)
+  for i, v in want.items():
+    np.testing.assert_allclose(got[i], v, atol=1e-5)
+  extract._CHOSEN_BATCH.pop(fx.tag, None)
+
+
+def test_batch_sizes_whose_activations_are_too_large_are_not_tried(
+    monkeypatch):
+  from retrain import extract
+  graph = tf.Graph()
+  with graph.as_default():
+    x = tf.compat.v1.placeholder(tf.float32, [None, 100, 100, 3])
+    big = tf.tile(x, [1, 1, 1, 8])  # 100 x 100 x 24 floats: 960 000 bytes.
+    tf.reduce_mean(big, [1, 2])
+    tf.constant(np.zeros([500, 500], np.float32))  # Weights do not count.
+  assert extract.largest_activation_bytes(graph) == 100 * 100 * 24 * 4
+  fx = model.FeatureExtractor(graph.as_graph_def(), x.name, "Mean:0",
+                              (100, 100), 0.0, 1.0, 24, "tag-x", "test",
+                              "graph")
+  monkeypatch.setattr(extract, "ACTIVATION_BUDGET_BYTES", 20 * 960_000)
+  with extract.BottleneckExtractor(fx) as extractor:
+    assert extractor._tuner.sizes == [8, 16]

@@ -17,7 +17,10 @@ def main(argv) -> int:
     cli.set_verbosity(FLAGS.logging_verbosity)
     config, hparams, model = retrain_flags.to_config(FLAGS)
     from retrain import pipeline  # pylint: disable=g-import-not-at-top
-    pipeline.run(config, hparams, model)
+    if config.only_bottlenecks:
+      pipeline.cache_bottlenecks(config, hparams, model)
+    else:
+      pipeline.run(config, hparams, model)
     return 0
   return cli.run_main(job, "retrain")
 

@@ -70,6 +70,8 @@ class RunConfig(NamedTuple):
   # Images per CNN run when computing bottlenecks; None: chosen by timing
   # the first batches (extract.BatchTuner).
   bottleneck_batch_size: Optional[int] = None
+  # Stop once every bottleneck is cached (pipeline.cache_bottlenecks).
+  only_bottlenecks: bool = False
   # Distortions of training images, cached as augmented copies.
   flip_left_right: bool = False
   random_crop: int = 0

@@ -62,6 +62,10 @@ flags.DEFINE_integer("bottleneck_batch_size", _R.bottleneck_batch_size,
                      "Images per CNN run when computing bottlenecks "
                      "(default: chosen for the model and machine by timing "
                      "the first batches of 8, 16, 32 and 64, and logged).")
+flags.DEFINE_bool("only_bottlenecks", _R.only_bottlenecks,
+                  "Compute and cache the bottlenecks (and augmented copies) "
+                  "of every image, then stop: no training, no outputs. A "
+                  "later run trains from the cache.")
 flags.DEFINE_float("max_in_memory_mb", _R.max_in_memory_mb,
                    "Bottlenecks larger than this stay on disk (memory-"
                    "mapped from the cache index) during training; 0: a "
@@ -200,6 +204,7 @@ def to_config(f=FLAGS) -> Tuple[RunConfig, HParams, ModelOptions]:
       eval_log_interval=(f.eval_step_interval
                          if f["eval_step_interval"].present else 0),
       bottleneck_batch_size=f.bottleneck_batch_size,
+      only_bottlenecks=f.only_bottlenecks,
       max_in_memory_mb=f.max_in_memory_mb,
       flip_left_right=f.flip_left_right, random_crop=f.random_crop,
       random_scale=f.random_scale, random_brightness=f.random_brightness,

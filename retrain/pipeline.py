@@ -127,6 +127,20 @@ def run(config: RunConfig, hparams: HParams = HParams(),
       evaluation, data.augmented_computed)
 
 
+def cache_bottlenecks(config: RunConfig, hparams: HParams = HParams(),
+                      model_options: ModelOptions = ModelOptions()
+                      ) -> Bottlenecks:
+  """The first stages of `run` alone: every bottleneck (and augmented copy)
+  computed into the cache, so that a large extraction can run as its own job
+  and training later, from the cache. Writes nothing but the cache."""
+  check_config(config, hparams)
+  data = compute_bottlenecks(load_inputs(config, model_options), config,
+                             hparams.random_seed, load=False)
+  logging.info("Cached in %s; a run without --only_bottlenecks trains from "
+               "it", config.bottleneck_dir)
+  return data
+
+
 # ------------------------------------------------------------------ stages --
 
 def load_inputs(config: RunConfig, model_options: ModelOptions) -> Inputs:
@@ -145,17 +159,18 @@ def load_inputs(config: RunConfig, model_options: ModelOptions) -> Inputs:
 
 
 def compute_bottlenecks(inputs: Inputs, config: RunConfig,
-                        random_seed: int) -> Bottlenecks:
+                        random_seed: int, load: bool = True) -> Bottlenecks:
   """Every image's bottleneck (cached or computed), ready for training:
-  in memory, or read from the memory-mapped index past the memory budget."""
+  in memory (if `load`, within the memory budget), else read from the
+  memory-mapped cache index."""
   sets, filled, augmented = bottlenecks.compute_bottlenecks(
       inputs.image_lists, inputs.fx, config, random_seed)
   logging.info("Bottlenecks: %d from cache, %d computed, %d skipped",
                filled.from_cache, filled.computed, len(filled.failures))
   for path, reason in filled.failures:
     logging.warning("Skipped %s: %s", path, reason)
-  data = Bottlenecks(bottlenecks.keep_in_memory(sets, config), filled,
-                     augmented)
+  data = Bottlenecks(bottlenecks.keep_in_memory(sets, config) if load
+                     else sets, filled, augmented)
   sizes = data.sizes
   logging.info("Images: %d training, %d validation, %d testing",
                sizes[images.TRAINING], sizes[images.VALIDATION],

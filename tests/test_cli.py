@@ -200,3 +200,23 @@ def test_log_file_gets_about_twenty_evaluation_lines(small_models,
   explicit = helpers.run_cli(common + ["--eval_step_interval=10"])
   assert explicit.returncode == 0
   assert len(_step_lines(explicit.stderr)) == 40
+
+
+def test_only_bottlenecks_fills_the_cache_and_writes_nothing_else(
+    small_models, color_images, tmp_path):
+  out = tmp_path / "out"
+  common = [f"--image_dir={color_images}",
+            f"--graph={small_models['inception']}",
+            "--how_many_training_steps=20", *_outputs(out)]
+  proc = helpers.run_cli(common + ["--only_bottlenecks"])
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert "0 from cache, 72 computed" in proc.stderr
+  assert sorted(os.listdir(out)) == ["bn"]  # No graph, labels, summaries.
+  cached = [f for f in helpers.files_under(str(out / "bn"))
+            if f.endswith(".bn")]
+  assert len(cached) == 72
+  assert [f for f in os.listdir(out / "bn") if f.endswith(".index")]
+  train = helpers.run_cli(common)  # Trains from the cache.
+  assert train.returncode == 0, train.stderr[-2000:]
+  assert "72 from cache, 0 computed" in train.stderr
+  assert os.path.isfile(out / "out" / "g.pb")

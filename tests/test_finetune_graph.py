@@ -1,0 +1,181 @@
+"""Choosing the trainable top of a frozen CNN, and its variables."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from retrain import finetune_graph as fg
+from retrain.errors import UserError
+
+tf1 = tf.compat.v1
+
+
+def _const(rng, shape, name):
+  return tf.constant(rng.normal(size=shape).astype(np.float32) * 0.3,
+                     name=name)
+
+
+def _chain_graph():
+  """input -> conv1 + BiasAdd -> relu -> depthwise -> FusedBatchNorm -> relu
+  -> conv3 -> BatchNorm as Mul/Add (slim) -> relu -> mean pool."""
+  rng = np.random.default_rng(0)
+  g = tf.Graph()
+  with g.as_default():
+    x = tf1.placeholder(tf.float32, [None, 8, 8, 3], name="input")
+    c1 = tf.nn.conv2d(x, _const(rng, [3, 3, 3, 4], "w1"), 1, "SAME",
+                      name="conv1")
+    r1 = tf.nn.relu(tf.nn.bias_add(c1, _const(rng, [4], "b1")), name="r1")
+    d2 = tf.nn.depthwise_conv2d(r1, _const(rng, [3, 3, 4, 1], "w2"),
+                                [1, 1, 1, 1], "SAME", name="dw2")
+    bn2, _, _ = tf1.nn.fused_batch_norm(
+        d2, _const(rng, [4], "gamma2") + 1, _const(rng, [4], "beta2"),
+        mean=_const(rng, [4], "mean2"),
+        variance=tf.abs(_const(rng, [4], "var2")) + 1, is_training=False,
+        name="bn2")
+    r2 = tf.nn.relu(bn2, name="r2")
+    c3 = tf.nn.conv2d(r2, _const(rng, [1, 1, 4, 6], "w3"), 1, "SAME",
+                      name="conv3")
+    scale = tf.identity(_const(rng, [6], "gamma3") + 1, name="scale3")
+    folded = tf.add(tf.multiply(c3, scale, name="bn3_mul"),
+                    tf.subtract(_const(rng, [6], "beta3"),
+                                _const(rng, [6], "mean3") * scale,
+                                name="bn3_offset"), name="bn3_add")
+    r3 = tf.nn.relu(folded, name="r3")
+    tf.reduce_mean(r3, [1, 2], name="pool")
+  return g.as_graph_def()
+
+
+def _branch_graph():
+  """input -> conv1 -> relu -> (conv2 | conv3) -> concat -> mean pool."""
+  rng = np.random.default_rng(1)
+  g = tf.Graph()
+  with g.as_default():
+    x = tf1.placeholder(tf.float32, [None, 8, 8, 3], name="input")
+    a = tf.nn.relu(tf.nn.conv2d(x, _const(rng, [3, 3, 3, 4], "w1"), 1,
+                                "SAME"), name="a")
+    b1 = tf.nn.conv2d(a, _const(rng, [1, 1, 4, 2], "w2"), 1, "SAME",
+                      name="branch1")
+    b2 = tf.nn.conv2d(a, _const(rng, [3, 3, 4, 2], "w3"), 1, "SAME",
+                      name="branch2")
+    cat = tf.concat([b1, b2], 3, name="cat")
+    tf.reduce_mean(cat, [1, 2], name="pool")
+  return g.as_graph_def()
+
+
+def test_layers_by_count_with_and_without_batch_norm():
+  gd = _chain_graph()
+  layers = fg.weight_layers(gd, "pool:0")
+  assert [l.op for l in layers] == ["conv1", "dw2", "conv3"]
+  assert [l.bias for l in layers] == ["b1:0", "beta2:0", "bn3_offset:0"]
+  one = fg.choose_cut(gd, "pool:0", layers=1)
+  assert one.inputs == ("r2:0",) and [l.op for l in one.layers] == ["conv3"]
+  two = fg.choose_cut(gd, "pool:0", layers=2)
+  assert two.inputs == ("r1:0",)
+  # The kernels and the BatchNorm offset train; scale and statistics do not.
+  assert two.trainable() == ["w2:0", "beta2:0", "w3:0", "bn3_offset:0"]
+  three = fg.choose_cut(gd, "pool:0", layers=3)
+  assert three.inputs == ("input:0",) and len(three.layers) == 3
+  with pytest.raises(UserError, match="has 3 weight layers"):
+    fg.choose_cut(gd, "pool:0", layers=4)
+
+
+def test_layers_by_tensor():
+  gd = _chain_graph()
+  assert fg.choose_cut(gd, "pool:0", from_tensor="r1:0") == fg.choose_cut(
+      gd, "pool:0", layers=2)
+  # A cut in the middle of a layer: the conv below it is not trainable,
+  # its BatchNorm offset is not either (nothing trainable feeds it).
+  mid = fg.choose_cut(gd, "pool:0", from_tensor="dw2:0")
+  assert [l.op for l in mid.layers] == ["conv3"] and mid.inputs == ("dw2:0",)
+  for bad in ("pool:0", "w3:0", "nowhere:0"):
+    with pytest.raises(UserError, match="candidates.*r2:0"):
+      fg.choose_cut(gd, "pool:0", from_tensor=bad)
+
+
+def test_parallel_branches_cache_every_tensor_that_crosses():
+  gd = _branch_graph()
+  layers = fg.weight_layers(gd, "pool:0")
+  assert len(layers) == 3
+  cut = fg.choose_cut(gd, "pool:0", layers=1)
+  last = cut.layers[0].op
+  other = {"branch1": "branch2:0", "branch2": "branch1:0"}[last]
+  # The chosen branch's input and the other branch's output both cross.
+  assert set(cut.inputs) == {"a:0", other}
+  both = fg.choose_cut(gd, "pool:0", layers=2)
+  assert both.inputs == ("a:0",)
+
+
+@pytest.mark.parametrize("make,count", [(_chain_graph, 1), (_chain_graph, 2),
+                                        (_chain_graph, 3), (_branch_graph, 1)])
+def test_trainable_top_gives_the_frozen_models_outputs(make, count):
+  gd = make()
+  cut = fg.choose_cut(gd, "pool:0", layers=count)
+  rng = np.random.default_rng(2)
+  images = rng.uniform(-1, 1, [5, 8, 8, 3]).astype(np.float32)
+  frozen = tf.Graph()
+  with frozen.as_default():
+    outs = tf1.import_graph_def(gd, return_elements=["pool:0",
+                                                     *cut.inputs], name="")
+  with tf1.Session(graph=frozen) as sess:
+    want, *activations = sess.run(outs, {"input:0": images})
+  shapes = fg.cut_shapes(gd, "input:0", (8, 8), cut)
+  assert all(s[0] is None for s in shapes.values())
+  graph = tf.Graph()
+  with graph.as_default():
+    top = fg.build_trainable_top(gd, cut, shapes)
+    init = tf1.global_variables_initializer()
+    assert sorted(top.variables) == sorted(cut.trainable())
+    assert {v.name.split(":")[0] for v in tf1.trainable_variables()} == {
+        v.op.name for v in top.variables.values()}
+  with tf1.Session(graph=graph) as sess:
+    sess.run(init)
+    got = sess.run(top.bottleneck, dict(zip(
+        [top.inputs[t] for t in cut.inputs], activations)))
+  np.testing.assert_allclose(got, want, atol=1e-6)
+
+
+def test_real_mobilenet_top_block(shared):
+  """MobileNet v1's last depthwise-separable block: one tensor crosses."""
+  import os
+  path = os.path.join(shared, "models", "mobilenet_v1_025_128",
+                      "frozen_graph.pb")
+  gd = tf1.GraphDef.FromString(open(path, "rb").read())
+  bottleneck = "MobilenetV1/Logits/AvgPool_1a/AvgPool:0"
+  cut = fg.choose_cut(gd, bottleneck, layers=2)
+  assert [l.op.split("/")[-2] for l in cut.layers] == [
+      "Conv2d_13_depthwise", "Conv2d_13_pointwise"]
+  assert cut.inputs == ("MobilenetV1/MobilenetV1/Conv2d_12_pointwise/Relu6:0",)
+  assert all(l.bias and l.bias.endswith("batchnorm/sub:0")
+             for l in cut.layers)
+  shapes = fg.cut_shapes(gd, "input:0", (128, 128), cut)
+  assert shapes[cut.inputs[0]] == [None, 4, 4, 256]
+
+
+def test_real_efficientnet_residual_cut_gives_the_same_features(shared):
+  """EfficientNet-Lite0: a cut inside an MBConv block with a residual is two
+  tensors (the block's activation and the skip); the top with variables
+  computes the frozen model's features."""
+  import os
+  path = os.path.join(shared, "models", "efficientnet_lite0",
+                      "frozen_graph.pb")
+  gd = tf1.GraphDef.FromString(open(path, "rb").read())
+  cut = fg.choose_cut(gd, "feature_vector:0", layers=5)
+  assert len(cut.inputs) == 2 and len(cut.layers) == 5
+  shapes = fg.cut_shapes(gd, "input:0", (224, 224), cut)
+  images = np.random.default_rng(3).uniform(-1, 1, [2, 224, 224, 3])
+  frozen = tf.Graph()
+  with frozen.as_default():
+    x = tf1.placeholder(tf.float32, [None, 224, 224, 3])
+    outs = tf1.import_graph_def(gd, input_map={"input:0": x}, return_elements=[
+        "feature_vector:0", *cut.inputs], name="")
+  with tf1.Session(graph=frozen) as sess:
+    want, *activations = sess.run(outs, {x: images})
+  graph = tf.Graph()
+  with graph.as_default():
+    top = fg.build_trainable_top(gd, cut, shapes)
+    init = tf1.global_variables_initializer()
+  with tf1.Session(graph=graph) as sess:
+    sess.run(init)
+    got = sess.run(top.bottleneck, dict(zip(
+        [top.inputs[t] for t in cut.inputs], activations)))
+  np.testing.assert_allclose(got, want.reshape(got.shape), atol=1e-5)

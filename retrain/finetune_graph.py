@@ -11,12 +11,16 @@ their values. TF1-style graph; no session state is kept here.
 """
 
 import dataclasses
+import hashlib
+import json
 from typing import Dict, List, Optional, Sequence, Set, Tuple
 
 import numpy as np
 import tensorflow as tf
 
+from cache.naming import model_tag
 from retrain.errors import UserError
+from retrain.model import FeatureExtractor
 
 tf1 = tf.compat.v1
 
@@ -272,3 +276,81 @@ def build_trainable_top(graph_def: tf1.GraphDef, cut: Cut,
                               return_elements=[cut.bottleneck], name=name)
   depth = int(np.prod(out.shape.as_list()[1:]))
   return TrainableTop(inputs, variables, tf.reshape(out, [-1, depth]))
+
+
+def frozen_with_values(graph_def: tf1.GraphDef,
+                       values: Dict[str, np.ndarray]) -> tf1.GraphDef:
+  """A copy of the GraphDef where each tensor of `values` ("node:0") is a
+  constant with the given value: how fine-tuned weights go back into a
+  frozen model for export. The replaced nodes lose their inputs; nodes
+  only they used stay, unused (an export strips them)."""
+  out = tf1.GraphDef()
+  out.CopyFrom(graph_def)
+  by_name = {n.name: n for n in out.node}
+  for tensor, value in values.items():
+    name, _, index = tensor.partition(":")
+    node = by_name.get(name)
+    if node is None or index not in ("", "0"):
+      raise ValueError(f"cannot replace {tensor}: not a node's first output")
+    value = np.asarray(value, np.float32)
+    node.op = "Const"
+    del node.input[:]
+    node.ClearField("attr")
+    node.attr["dtype"].type = tf.float32.as_datatype_enum
+    node.attr["value"].tensor.CopyFrom(tf.make_tensor_proto(value))
+  return out
+
+
+CUT_INPUT = "cut_input"
+CUT_OUTPUT = "cut_vector"
+
+
+def cut_vector_graph(graph_def: tf1.GraphDef, input_tensor: str,
+                     input_size: Tuple[int, int], cut: Cut
+                     ) -> Tuple[tf1.GraphDef, int]:
+  """A GraphDef computing, per image, the cut's tensors flattened and
+  concatenated: cut_input:0 (the model's own, scaled, input [batch, H, W,
+  3]) -> cut_vector:0 [batch, n]. Cached per image like a bottleneck, it is
+  all the trainable top needs (split_cut_vector undoes the flattening).
+  Returns (graph_def, n)."""
+  graph = tf.Graph()
+  with graph.as_default():
+    images = tf1.placeholder(tf.float32, [None, *input_size, 3],
+                             name=CUT_INPUT)
+    outs = tf1.import_graph_def(graph_def, input_map={input_tensor: images},
+                                return_elements=list(cut.inputs),
+                                name="model")
+    sizes = [int(np.prod(t.shape.as_list()[1:])) for t in outs]
+    flat = [tf.reshape(t, [-1, n]) for t, n in zip(outs, sizes)]
+    tf.identity(tf.concat(flat, 1) if len(flat) > 1 else flat[0],
+                name=CUT_OUTPUT)
+  return graph.as_graph_def(), sum(sizes)
+
+
+def split_cut_vector(vectors: tf.Tensor, cut: Cut,
+                     shapes: Dict[str, List[Optional[int]]]
+                     ) -> Dict[str, tf.Tensor]:
+  """cut_vector rows [batch, n] -> the cut's tensors [batch, ...], by name."""
+  sizes = [int(np.prod(shapes[t][1:])) for t in cut.inputs]
+  parts = tf.split(vectors, sizes, axis=1)
+  return {t: tf.reshape(p, [-1, *shapes[t][1:]])
+          for t, p in zip(cut.inputs, parts)}
+
+
+# Bump when the cut vector's layout changes (cache files are then recomputed).
+_CUT_FORMAT = "cut/1"
+
+
+def cut_feature_extractor(fx: FeatureExtractor, cut: Cut) -> FeatureExtractor:
+  """A FeatureExtractor whose "bottleneck" is the cut vector, so the
+  bottleneck cache and extractor compute, cache and read back the top's
+  inputs per image (and per augmented copy) unchanged. Its model tag is
+  the model's plus the cut, so another cut never reads these files."""
+  graph_def, size = cut_vector_graph(fx.graph_def, fx.input_tensor,
+                                     fx.input_size, cut)
+  digest = hashlib.sha1(json.dumps(
+      [fx.tag, _CUT_FORMAT, list(cut.inputs)]).encode()).hexdigest()
+  return dataclasses.replace(
+      fx, graph_def=graph_def, input_tensor=CUT_INPUT + ":0",
+      bottleneck_tensor=CUT_OUTPUT + ":0", bottleneck_size=size,
+      tag=model_tag(fx.tag.rsplit("-", 1)[0] + "_cut", digest))

@@ -179,3 +179,118 @@ def test_real_efficientnet_residual_cut_gives_the_same_features(shared):
     got = sess.run(top.bottleneck, dict(zip(
         [top.inputs[t] for t in cut.inputs], activations)))
   np.testing.assert_allclose(got, want.reshape(got.shape), atol=1e-5)
+
+
+def test_cut_vectors_hold_exactly_the_crossing_tensors():
+  gd = _branch_graph()
+  cut = fg.choose_cut(gd, "pool:0", layers=1)
+  shapes = fg.cut_shapes(gd, "input:0", (8, 8), cut)
+  vector_gd, size = fg.cut_vector_graph(gd, "input:0", (8, 8), cut)
+  assert size == sum(int(np.prod(shapes[t][1:])) for t in cut.inputs)
+  images = np.random.default_rng(4).uniform(-1, 1, [3, 8, 8, 3])
+  frozen = tf.Graph()
+  with frozen.as_default():
+    want = tf1.import_graph_def(gd, return_elements=list(cut.inputs),
+                                name="")
+  with tf1.Session(graph=frozen) as sess:
+    want = sess.run(want, {"input:0": images})
+  graph = tf.Graph()
+  with graph.as_default():
+    vectors, = tf1.import_graph_def(vector_gd, return_elements=[
+        fg.CUT_OUTPUT + ":0"], name="")
+    parts = fg.split_cut_vector(vectors, cut, shapes)
+  with tf1.Session(graph=graph) as sess:
+    got = sess.run([parts[t] for t in cut.inputs],
+                   {fg.CUT_INPUT + ":0": images})
+  for g_, w in zip(got, want):
+    np.testing.assert_array_equal(g_, w)
+
+
+def test_trained_values_go_back_into_the_frozen_graph():
+  """frozen_with_values: unchanged values, the same model; changed values
+  (as training leaves them), the variable top's outputs."""
+  gd = _chain_graph()
+  cut = fg.choose_cut(gd, "pool:0", layers=2)
+  images = np.random.default_rng(5).uniform(-1, 1, [4, 8, 8, 3])
+
+  def features(graph_def):
+    g = tf.Graph()
+    with g.as_default():
+      out, = tf1.import_graph_def(graph_def, return_elements=["pool:0"],
+                                  name="")
+    with tf1.Session(graph=g) as sess:
+      return sess.run(out, {"input:0": images})
+  values = fg.constant_values(gd, cut.trainable())
+  np.testing.assert_allclose(features(fg.frozen_with_values(gd, values)),
+                             features(gd), atol=1e-6)
+  shapes = fg.cut_shapes(gd, "input:0", (8, 8), cut)
+  graph = tf.Graph()
+  with graph.as_default():
+    top = fg.build_trainable_top(gd, cut, shapes)
+    nudge = tf.group(*[v.assign_add(0.1 * tf.ones_like(v))
+                       for v in top.variables.values()])
+    init = tf1.global_variables_initializer()
+    stem = tf1.import_graph_def(gd, return_elements=list(cut.inputs),
+                                name="stem")
+  with tf1.Session(graph=graph) as sess:
+    sess.run(init)
+    sess.run(nudge)
+    activations = sess.run(stem, {"stem/input:0": images})
+    trained = sess.run(top.bottleneck, dict(zip(
+        [top.inputs[t] for t in cut.inputs], activations)))
+    new_values = sess.run({t: v for t, v in top.variables.items()})
+  exported = features(fg.frozen_with_values(gd, new_values))
+  assert np.abs(exported - features(gd)).max() > 1e-3  # Values changed.
+  np.testing.assert_allclose(exported, trained, atol=1e-5)
+  with pytest.raises(ValueError):
+    fg.frozen_with_values(gd, {"bn2:1": np.zeros(4)})
+
+
+def test_cut_activations_are_cached_like_bottlenecks(small_models,
+                                                     color_images, tmp_path):
+  """The bottleneck cache computes and reads back cut vectors: their own
+  model tag (another cut, another tag), a warm fill computes nothing, and
+  the vectors are the frozen model's activations at the cut."""
+  import os
+  import cache
+  from retrain import model
+  from retrain.config import ModelOptions
+  from retrain.extract import BottleneckExtractor, ImageDecoder
+  fx = model.load_feature_extractor(
+      ModelOptions(graph=small_models["inception"], tfhub_module=""))
+  cut = fg.choose_cut(fx.graph_def, fx.bottleneck_tensor, layers=1)
+  cfx = fg.cut_feature_extractor(fx, cut)
+  other = fg.cut_feature_extractor(
+      fx, fg.choose_cut(fx.graph_def, fx.bottleneck_tensor,
+                        from_tensor="Mul:0"))
+  assert len({fx.tag, cfx.tag, other.tag}) == 3
+  refs = []
+  for root, _, files in os.walk(color_images):
+    for f in sorted(files)[:4]:
+      refs.append(cache.ImageRef(os.path.join(root, f),
+                                 os.path.basename(root), f))
+  store = cache.BottleneckCache(str(tmp_path / "bn"), cfx.tag)
+
+  def compute(missing):
+    extractor = BottleneckExtractor(cfx, batch_size=4)
+    try:
+      yield from extractor.compute(missing)
+    finally:
+      extractor.close()
+  first = store.fill(refs, compute, cfx.bottleneck_size)
+  assert first.computed == len(refs) and first.ok.all()
+  again = store.fill(refs, compute, cfx.bottleneck_size)
+  assert again.computed == 0 and again.from_cache == len(refs)
+  decoder = ImageDecoder(fx.input_size, rule=fx.preprocessing)
+  pixels = np.stack([decoder.decode(r.path)[0] for r in refs])
+  decoder.close()
+  graph = tf.Graph()
+  with graph.as_default():
+    x = tf1.placeholder(tf.float32, [None, *fx.input_size, 3])
+    scaled = (x - fx.input_mean) * (1.0 / fx.input_std)
+    want, = tf1.import_graph_def(fx.graph_def, input_map={
+        fx.input_tensor: scaled}, return_elements=list(cut.inputs), name="")
+  with tf1.Session(graph=graph) as sess:
+    want = sess.run(want, {x: pixels})
+  np.testing.assert_allclose(np.asarray(again.vectors)[:len(refs)],
+                             want.reshape(len(refs), -1), atol=1e-5)

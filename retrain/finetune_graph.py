@@ -257,16 +257,22 @@ class TrainableTop:
 
 def build_trainable_top(graph_def: tf1.GraphDef, cut: Cut,
                         shapes: Dict[str, List[Optional[int]]],
-                        name: str = "top") -> TrainableTop:
+                        name: str = "top",
+                        input_map: Optional[Dict[str, tf.Tensor]] = None
+                        ) -> TrainableTop:
   """Adds the CNN's top to the default graph: placeholders for the cut's
-  tensors, tf.Variables (initialised from the constants' values) for the
-  trainable kernels and biases, and everything else as it was.
+  tensors (or the tensors `input_map` gives for them, e.g. split_cut_vector
+  of cached vectors), tf.Variables (initialised from the constants' values)
+  for the trainable kernels and biases, and everything else as it was.
   """
   values = constant_values(graph_def, cut.trainable())
-  with tf.name_scope(name + "_inputs"):
-    inputs = {t: tf1.placeholder(tf.float32, shapes[t],
-                                 name=_node(t).replace("/", "_"))
-              for t in cut.inputs}
+  if input_map is not None:
+    inputs = {t: input_map[t] for t in cut.inputs}
+  else:
+    with tf.name_scope(name + "_inputs"):
+      inputs = {t: tf1.placeholder(tf.float32, shapes[t],
+                                   name=_node(t).replace("/", "_"))
+                for t in cut.inputs}
   with tf1.variable_scope(name + "_variables"):
     variables = {t: tf1.Variable(values[t], name=_node(t).replace("/", "_"))
                  for t in cut.trainable()}

@@ -1,0 +1,78 @@
+"""Stage 2: training the CNN's top from cached cut vectors."""
+
+import numpy as np
+import tensorflow as tf
+
+from retrain import finetune
+from retrain import finetune_graph as fg
+from tests.test_finetune_graph import _chain_graph
+
+tf1 = tf.compat.v1
+
+
+def _task(seed=0, n=900):
+  """Cut vectors of the chain graph's top (2 layers: r1 [8, 8, 4]) and
+  3 classes decided by the channels' means (a mixing the frozen top does
+  not compute)."""
+  gd = _chain_graph()
+  cut = fg.choose_cut(gd, "pool:0", layers=2)
+  shapes = fg.cut_shapes(gd, "input:0", (8, 8), cut)
+  rng = np.random.default_rng(seed)
+  x = np.maximum(rng.normal(size=(n, 8, 8, 4)), 0).astype(np.float32)
+  means = x.mean((1, 2))
+  y = np.argmax(means @ np.array([[1, -1, 0], [0, 1, -1], [-1, 0, 1],
+                                  [0.5, 0.5, -1]], np.float32), 1)
+  x = x.reshape(n, -1)
+  split = n * 2 // 3
+  return gd, cut, shapes, (x[:split], y[:split]), (x[split:], y[split:])
+
+
+PARAMS = finetune.FineTuneParams(steps=600, learning_rate=0.05,
+                                 batch_size=32, eval_interval=50)
+
+
+def test_fine_tuning_learns_what_the_frozen_top_cannot():
+  gd, cut, shapes, train, validation = _task()
+  result = finetune.fine_tune(gd, cut, shapes, train, validation,
+                              np.zeros([6, 3], np.float32),
+                              np.zeros([3], np.float32), 3, PARAMS)
+  print(f"validation accuracy {result.baseline_validation_accuracy:.3f} -> "
+        f"{result.best_validation_accuracy:.3f} at step {result.best_step}")
+  assert result.improved and result.best_step > 0
+  assert result.best_validation_accuracy >= (
+      result.baseline_validation_accuracy + 0.2)
+  assert result.history[0].step == 0 and result.history[-1].step == 600
+  original = fg.constant_values(gd, cut.trainable())
+  assert sorted(result.values) == sorted(original)
+  assert max(np.abs(result.values[t] - original[t]).max()
+             for t in original) > 1e-3
+  assert np.abs(result.weights).max() > 0
+
+
+def test_stage_one_is_kept_when_stage_two_never_beats_it():
+  gd, cut, shapes, train, validation = _task()
+  good = finetune.fine_tune(gd, cut, shapes, train, validation,
+                            np.zeros([6, 3], np.float32),
+                            np.zeros([3], np.float32), 3, PARAMS)
+  # The good model is now "stage 1": its weights in the frozen graph.
+  stage1 = fg.frozen_with_values(gd, good.values)
+  diverging = PARAMS._replace(learning_rate=1e4, steps=100)
+  again = finetune.fine_tune(stage1, cut, shapes, train, validation,
+                             good.weights, good.biases, 3, diverging)
+  assert not again.improved and again.best_step == 0
+  # Stage 1's model comes back, and it measures as it did.
+  assert abs(again.baseline_validation_accuracy -
+             good.best_validation_accuracy) < 1e-6
+  for t, v in good.values.items():
+    np.testing.assert_allclose(again.values[t], v, atol=1e-6)
+  np.testing.assert_array_equal(again.weights, good.weights)
+
+
+def test_patience_stops_after_evaluations_without_improvement():
+  gd, cut, shapes, train, validation = _task()
+  still = PARAMS._replace(learning_rate=1e-12, patience=2)
+  result = finetune.fine_tune(gd, cut, shapes, train, validation,
+                              np.zeros([6, 3], np.float32),
+                              np.zeros([3], np.float32), 3, still)
+  assert result.steps_run == 2 * still.eval_interval
+  assert [p.step for p in result.history] == [0, 50, 100]

@@ -52,7 +52,8 @@ def _fill(store: cache.BottleneckCache, refs: Sequence[cache.ImageRef],
 
 
 def compute_bottlenecks(image_lists: images.ImageLists, fx: FeatureExtractor,
-                        config: RunConfig, random_seed: int = 0
+                        config: RunConfig, random_seed: int = 0,
+                        what: str = "Bottlenecks"
                         ) -> Tuple[Dict[str, train.LabeledBottlenecks],
                                    cache.FillResult, int]:
   """The bottlenecks of every image, by set, from the cache or computed.
@@ -70,7 +71,7 @@ def compute_bottlenecks(image_lists: images.ImageLists, fx: FeatureExtractor,
         truth.append(class_index)
         category.append(cat)
   result = _fill(cache.BottleneckCache(config.bottleneck_dir, fx.tag), refs,
-                 fx.bottleneck_size, "Bottlenecks", lambda: BottleneckExtractor(
+                 fx.bottleneck_size, what, lambda: BottleneckExtractor(
                      fx, config.bottleneck_batch_size))
   truth = np.array(truth, np.int64)
   category = np.array(category)

@@ -66,6 +66,20 @@ def check_config(config: RunConfig, hparams: HParams) -> None:
   for flag, folder in folders:
     need(bool(folder), f"--{flag} must not be empty")
     _check_writable(flag, folder)
+  for flag in ("fine_tune_layers", "fine_tune_steps", "fine_tune_patience"):
+    value = getattr(hparams, flag)
+    need(value >= 0, f"--{flag}={value}: must be 0 or more")
+  need(not (hparams.fine_tune_layers and hparams.fine_tune_from),
+       "--fine_tune_layers and --fine_tune_from both given; pass one")
+  need(hparams.fine_tune_learning_rate >= 0,
+       f"--fine_tune_learning_rate={hparams.fine_tune_learning_rate}: must "
+       "be positive (or 0: --learning_rate / 10)")
+  need(0 <= hparams.fine_tune_momentum < 1,
+       f"--fine_tune_momentum={hparams.fine_tune_momentum}: must be from 0 "
+       "to below 1")
+  need(hparams.fine_tune_batch_size > 0,
+       f"--fine_tune_batch_size={hparams.fine_tune_batch_size}: must be a "
+       "positive number")
   need(hparams.class_sampling in train.SAMPLERS,
        f"--class_sampling={hparams.class_sampling}: must be one of "
        f"{', '.join(train.SAMPLERS)}")

@@ -25,6 +25,18 @@ class HParams(NamedTuple):
   eval_step_interval: int = 10
   random_seed: int = 0
   class_sampling: str = "balanced"  # Or "proportional"; see train.py.
+  # Stage 2, fine-tuning the top of the CNN (finetune.py); off when both
+  # fine_tune_layers and fine_tune_from are unset.
+  fine_tune_layers: int = 0  # The last N weight layers below the bottleneck.
+  fine_tune_from: str = ""  # Or: everything above this tensor.
+  fine_tune_steps: int = 0  # 0: about 10 passes over the training set.
+  fine_tune_learning_rate: float = 0.0  # 0: learning_rate / 10.
+  fine_tune_momentum: float = 0.9
+  fine_tune_batch_size: int = 32
+  fine_tune_patience: int = 0  # Evaluations without improvement; 0: none.
+
+  def fine_tuning(self) -> bool:
+    return bool(self.fine_tune_layers or self.fine_tune_from)
 
 
 class ModelOptions(NamedTuple):

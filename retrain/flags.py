@@ -93,6 +93,30 @@ flags.DEFINE_enum("class_sampling", _H.class_sampling,
                   "uniformly, then one of its images; the classic tool's "
                   "rule) or proportional (images uniformly).")
 
+# Fine-tuning (stage 2).
+flags.DEFINE_integer("fine_tune_layers", _H.fine_tune_layers,
+                     "After training the new layer, also train the last N "
+                     "weight layers of the CNN below the bottleneck (conv, "
+                     "depthwise conv or matmul kernels with their bias or "
+                     "BatchNorm offset; BatchNorm statistics and scales stay "
+                     "frozen). 0: off.")
+flags.DEFINE_string("fine_tune_from", _H.fine_tune_from or None,
+                    "Instead of --fine_tune_layers: train everything "
+                    "between this tensor and the bottleneck.")
+flags.DEFINE_integer("fine_tune_steps", _H.fine_tune_steps,
+                     "Fine-tuning steps (0: about 10 passes over the "
+                     "training set, logged).")
+flags.DEFINE_float("fine_tune_learning_rate", _H.fine_tune_learning_rate,
+                   "Fine-tuning learning rate (0: --learning_rate / 10).")
+flags.DEFINE_float("fine_tune_momentum", _H.fine_tune_momentum,
+                   "Momentum of fine-tuning's SGD.")
+flags.DEFINE_integer("fine_tune_batch_size", _H.fine_tune_batch_size,
+                     "Images per fine-tuning step.")
+flags.DEFINE_integer("fine_tune_patience", _H.fine_tune_patience,
+                     "Stop fine-tuning after this many evaluations without "
+                     "a better validation accuracy (0: run every step; the "
+                     "best weights are kept either way).")
+
 # Augmentation.
 flags.DEFINE_bool("flip_left_right", _R.flip_left_right,
                   "Distort training images by mirroring half of them.")
@@ -188,7 +212,14 @@ def to_config(f=FLAGS) -> Tuple[RunConfig, HParams, ModelOptions]:
       validation_batch_size=f.validation_batch_size,
       test_batch_size=f.test_batch_size,
       eval_step_interval=f.eval_step_interval, random_seed=f.random_seed,
-      class_sampling=f.class_sampling)
+      class_sampling=f.class_sampling,
+      fine_tune_layers=f.fine_tune_layers,
+      fine_tune_from=f.fine_tune_from or "",
+      fine_tune_steps=f.fine_tune_steps,
+      fine_tune_learning_rate=f.fine_tune_learning_rate,
+      fine_tune_momentum=f.fine_tune_momentum,
+      fine_tune_batch_size=f.fine_tune_batch_size,
+      fine_tune_patience=f.fine_tune_patience)
   config = RunConfig(
       image_dir=f.image_dir, bottleneck_dir=f.bottleneck_dir,
       output_graph=f.output_graph, output_labels=f.output_labels,

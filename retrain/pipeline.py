@@ -19,7 +19,8 @@ import tensorflow as tf
 from absl import logging
 
 import cache
-from retrain import bottlenecks, export, images, report, report_html, train
+from retrain import (bottlenecks, export, finetune, finetune_graph, images,
+                     report, report_html, train)
 from retrain.checks import check_config
 from retrain.config import HParams, ModelOptions, RunConfig
 from retrain.errors import UserError
@@ -56,6 +57,7 @@ class RunResult:
   final_biases: np.ndarray  # float32 [classes]
   report: Optional[Dict[str, object]]  # report.classification_report
   augmented_computed: int
+  fine_tune: Optional[finetune.Stage] = None  # Stage 2, when asked for.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,42 +102,57 @@ class TrainedLayer:
   outputs: List[str]  # Intermediate graphs.
 
 
+@dataclasses.dataclass(frozen=True)
+class FinalModel:
+  """The model a run exports: stage 1's layer on the pretrained CNN, or the
+  fine-tuned CNN and layer when stage 2 beat it on validation."""
+  fx: FeatureExtractor
+  weights: np.ndarray  # float32 [D, classes]
+  biases: np.ndarray  # float32 [classes]
+  test: Predictions
+  template: "concurrent.futures.Future[tf1.GraphDef]"  # Its export graph.
+
+
 def run(config: RunConfig, hparams: HParams = HParams(),
         model_options: ModelOptions = ModelOptions()) -> RunResult:
   """Retrains and exports. Raises UserError for bad input, before writing."""
   check_config(config, hparams)
-  inputs = load_inputs(config, model_options)
+  inputs = load_inputs(config, model_options, hparams)
   data = compute_bottlenecks(inputs, config, hparams.random_seed)
   template = _in_background(export.cached_inference_graph_template,
                             inputs.fx, config.final_tensor_name,
                             config.bottleneck_dir)
   with Summaries(config.summaries_dir) as summaries:
     layer = train_layer(inputs, data, config, hparams, template, summaries)
-    evaluation = evaluate(inputs.labels, layer.test, config, summaries,
+    tuned = fine_tune_top(inputs, layer, config, hparams, summaries)
+    final = final_model(inputs, layer, tuned, template, config)
+    evaluation = evaluate(inputs.labels, final.test, config, summaries,
                           hparams.how_many_training_steps)
-  outputs = layer.outputs + write_reports(inputs, data, layer, evaluation,
-                                          config, hparams)
-  outputs += export_model(inputs, data, layer, evaluation, config, hparams,
-                          template.result())
+  outputs = layer.outputs + write_reports(inputs, data, layer, tuned,
+                                          evaluation, config, hparams)
+  outputs += export_model(inputs, data, final, evaluation, config, hparams)
   for path in outputs:
     logging.info("Wrote %s", path)
   return RunResult(
-      inputs.labels, evaluation and evaluation["accuracy"], layer.test.paths,
-      layer.test.truth, layer.test.probabilities, layer.history,
+      inputs.labels, evaluation and evaluation["accuracy"], final.test.paths,
+      final.test.truth, final.test.probabilities, layer.history,
       data.filled.failures, data.filled.from_cache, data.filled.computed,
-      data.sizes, outputs, inputs.fx.describe(), layer.weights, layer.biases,
-      evaluation, data.augmented_computed)
+      data.sizes, outputs, final.fx.describe(), final.weights, final.biases,
+      evaluation, data.augmented_computed, tuned)
 
 
 def cache_bottlenecks(config: RunConfig, hparams: HParams = HParams(),
                       model_options: ModelOptions = ModelOptions()
                       ) -> Bottlenecks:
-  """The first stages of `run` alone: every bottleneck (and augmented copy)
-  computed into the cache, so that a large extraction can run as its own job
-  and training later, from the cache. Writes nothing but the cache."""
+  """The first stages of `run` alone: every bottleneck (and augmented copy,
+  and with fine-tuning flags every cut activation) computed into the cache,
+  so that a large extraction can run as its own job and training later,
+  from the cache. Writes nothing but the cache."""
   check_config(config, hparams)
-  data = compute_bottlenecks(load_inputs(config, model_options), config,
-                             hparams.random_seed, load=False)
+  inputs = load_inputs(config, model_options, hparams)
+  data = compute_bottlenecks(inputs, config, hparams.random_seed, load=False)
+  if hparams.fine_tuning():  # Stage 2's inputs too.
+    finetune.cut_vectors(inputs.image_lists, inputs.fx, config, hparams)
   logging.info("Cached in %s; a run without --only_bottlenecks trains from "
                "it", config.bottleneck_dir)
   return data
@@ -143,11 +160,18 @@ def cache_bottlenecks(config: RunConfig, hparams: HParams = HParams(),
 
 # ------------------------------------------------------------------ stages --
 
-def load_inputs(config: RunConfig, model_options: ModelOptions) -> Inputs:
-  """Lists and splits the images and loads the model (checks, no writes)."""
+def load_inputs(config: RunConfig, model_options: ModelOptions,
+                hparams: HParams = HParams()) -> Inputs:
+  """Lists and splits the images and loads the model (checks, no writes;
+  a fine-tuning cut that cannot be made is an error now, not after stage
+  1)."""
   image_lists = images.list_images(config.image_dir, config.testing_percentage,
                                    config.validation_percentage)
   fx = load_feature_extractor(model_options, config.bottleneck_dir)
+  if hparams.fine_tuning():
+    finetune_graph.choose_cut(fx.graph_def, fx.bottleneck_tensor,
+                              hparams.fine_tune_layers,
+                              hparams.fine_tune_from or None)
   for warning in image_lists.warnings:
     logging.warning("%s", warning)
   logging.info("%d classes: %s", len(image_lists.labels),
@@ -277,6 +301,67 @@ def _eval_log_interval(steps: int, every: int) -> int:
   return every * max(1, round(steps * EVAL_LOG_SHARE / every))
 
 
+def fine_tune_top(inputs: Inputs, layer: TrainedLayer, config: RunConfig,
+                  hparams: HParams, summaries: Summaries
+                  ) -> Optional[finetune.Stage]:
+  """Stage 2 (--fine_tune_layers or --fine_tune_from): the top of the CNN
+  and the new layer trained together from cached cut activations; None
+  when not asked for."""
+  if not hparams.fine_tuning():
+    return None
+  progress: List[Progress] = []
+
+  def log(point: finetune.StagePoint, steps: int) -> None:
+    if not progress:
+      progress.append(Progress("Fine-tuning", steps, log_every=0))
+    every = config.eval_log_interval or _eval_log_interval(
+        steps, hparams.eval_step_interval)
+    text = f"validation accuracy {point.validation_accuracy * 100:.1f}%"
+    if point.train_accuracy is not None:
+      text = (f"train accuracy {point.train_accuracy * 100:.1f}%, cross "
+              f"entropy {point.cross_entropy:.4f}, {text}")
+      if summaries.train is not None:
+        summaries.train.add_summary(_scalars(
+            fine_tune_accuracy=point.train_accuracy,
+            fine_tune_cross_entropy=point.cross_entropy), point.step)
+    if summaries.validation is not None:
+      summaries.validation.add_summary(_scalars(
+          fine_tune_accuracy=point.validation_accuracy), point.step)
+    if progress[0].tty:
+      progress[0].update(point.step, text)
+    elif point.step % every == 0 or point.step == steps:
+      logging.info("Fine-tuning step %d/%d: %s", point.step, steps, text)
+  try:
+    return finetune.run_stage(inputs.image_lists, inputs.fx, config, hparams,
+                              layer.weights, layer.biases, layer.test.paths,
+                              log)
+  finally:
+    for p in progress:
+      p.close()
+
+
+def _scalars(**values: float) -> tf1.Summary:
+  return tf1.Summary(value=[tf1.Summary.Value(tag=k, simple_value=v)
+                            for k, v in values.items()])
+
+
+def final_model(inputs: Inputs, layer: TrainedLayer,
+                tuned: Optional[finetune.Stage],
+                template: "concurrent.futures.Future[tf1.GraphDef]",
+                config: RunConfig) -> FinalModel:
+  """The model to evaluate and export: stage 2's if it beat stage 1 on
+  validation, else stage 1's."""
+  if tuned is None or not tuned.result.improved:
+    return FinalModel(inputs.fx, layer.weights, layer.biases, layer.test,
+                      template)
+  test = Predictions(layer.test.paths, layer.test.truth,
+                     tuned.result.test_probabilities)
+  # Not kept in the cache folder: each fine-tuned model is new.
+  return FinalModel(tuned.fx, tuned.result.weights, tuned.result.biases,
+                    test, _in_background(export.inference_graph_template,
+                                         tuned.fx, config.final_tensor_name))
+
+
 def evaluate(labels: Sequence[str], test: Predictions, config: RunConfig,
              summaries: Summaries, step: int) -> Optional[Dict[str, object]]:
   """The test set's classification report (None without test images),
@@ -306,13 +391,17 @@ def evaluate(labels: Sequence[str], test: Predictions, config: RunConfig,
 
 
 def write_reports(inputs: Inputs, data: Bottlenecks, layer: TrainedLayer,
+                  tuned: Optional[finetune.Stage],
                   evaluation: Optional[Dict[str, object]], config: RunConfig,
                   hparams: HParams) -> List[str]:
   """report.json, report.txt, report.html (and the confusion matrix plot)
-  beside --output_graph; nothing without test images."""
+  beside --output_graph; nothing without test images. With fine-tuning,
+  both stages' validation and test accuracy, steps and time."""
   if evaluation is None:
     return []
   folder = os.path.dirname(os.path.abspath(config.output_graph))
+  if tuned is not None:
+    evaluation = dict(evaluation, stages=_stages(layer, tuned))
   written = report.write_reports(folder, evaluation)
   sizes = data.sizes
   facts = {
@@ -330,24 +419,35 @@ def write_reports(inputs: Inputs, data: Bottlenecks, layer: TrainedLayer,
   }
   curves = [report_html.curve_from_history("new softmax layer",
                                            layer.history)]
+  if tuned is not None:
+    result = tuned.result
+    facts["fine-tuning"] = (
+        f"{len(tuned.cut.layers)} layers, {result.steps_run} steps, "
+        f"{tuned.seconds:.1f} s; validation accuracy "
+        f"{result.baseline_validation_accuracy * 100:.1f}% -> "
+        f"{result.best_validation_accuracy * 100:.1f}%; exported: "
+        f"{'fine-tuned' if result.improved else 'stage 1 (never beaten)'}")
+    curves.append(report_html.curve_from_history("fine-tuning",
+                                                 result.history))
   written.append(report_html.write_html(folder, evaluation, curves, facts))
   return written
 
 
-def export_model(inputs: Inputs, data: Bottlenecks, layer: TrainedLayer,
+def export_model(inputs: Inputs, data: Bottlenecks, final: FinalModel,
                  evaluation: Optional[Dict[str, object]], config: RunConfig,
-                 hparams: HParams, template: tf1.GraphDef) -> List[str]:
+                 hparams: HParams) -> List[str]:
   """The frozen graph (+ JSON), labels, skipped list, and the SavedModel and
   TFLite model when asked for; returns the paths written."""
-  fx, labels = inputs.fx, inputs.labels
+  fx, labels = final.fx, inputs.labels
   results = dict(test_accuracy=evaluation and evaluation["accuracy"],
-                 test_images=len(layer.test.truth),
+                 test_images=len(final.test.truth),
                  skipped_images=len(data.filled.failures))
   metadata = dict(_graph_metadata(fx, labels, config), **results)
   common = dict(_common_metadata(fx, labels), **results,
                 resize=metadata["resize"],
                 input_scaling=metadata["input_scaling"])
-  graph_def = export.fill_final_layer(template, layer.weights, layer.biases)
+  graph_def = export.fill_final_layer(final.template.result(), final.weights,
+                                      final.biases)
   export.write_frozen_graph(config.output_graph, graph_def, metadata,
                             labels_path=config.output_labels)
   export.write_labels(config.output_labels, labels)
@@ -363,13 +463,38 @@ def export_model(inputs: Inputs, data: Bottlenecks, layer: TrainedLayer,
   if config.tflite_output:
     originals = [p for p in data.sets[images.TRAINING].paths
                  if bottlenecks.AUGMENTED_MARK not in p]
-    outputs += _export_tflite(config, fx, labels, layer.weights,
-                              layer.biases, originals, hparams.random_seed,
+    outputs += _export_tflite(config, fx, labels, final.weights,
+                              final.biases, originals, hparams.random_seed,
                               common)
   return outputs
 
 
 # ----------------------------------------------------------------- helpers --
+
+def _stages(layer: TrainedLayer,
+            tuned: finetune.Stage) -> List[Dict[str, object]]:
+  """Both stages' numbers for report.json."""
+  def test_accuracy(probabilities):
+    if not len(layer.test.truth):
+      return None
+    return float(np.mean(probabilities.argmax(1) == layer.test.truth))
+  result = tuned.result
+  last = layer.history[-1] if layer.history else None
+  return [
+      dict(stage="new softmax layer", steps=last.step if last else 0,
+           seconds=layer.seconds,
+           validation_accuracy=last.validation_accuracy if last else None,
+           test_accuracy=test_accuracy(layer.test.probabilities)),
+      dict(stage="fine-tuning", steps=result.steps_run,
+           seconds=tuned.seconds, best_step=result.best_step,
+           validation_accuracy_before=result.baseline_validation_accuracy,
+           validation_accuracy=result.best_validation_accuracy,
+           test_accuracy=test_accuracy(result.test_probabilities),
+           exported=result.improved,
+           trainable=tuned.cut.trainable(), parameters=tuned.parameters,
+           cut=list(tuned.cut.inputs)),
+  ]
+
 
 def _common_metadata(fx: FeatureExtractor,
                      labels: Sequence[str]) -> Dict[str, object]:

@@ -91,6 +91,15 @@ def format_report(report: Dict[str, object]) -> str:
   for label, row in zip(labels, report["confusion_matrix"]):
     lines.append(f"{label:<{width}}  " + "".join(f"{v:>{cell}}"
                                                  for v in row))
+  for stage in report.get("stages", []):
+    test = stage.get("test_accuracy")
+    lines.append(
+        f"{'Stage: ' + stage['stage']:<30} {stage['steps']:6d} steps "
+        f"{stage['seconds']:7.1f} s  validation "
+        f"{(stage.get('validation_accuracy') or 0) * 100:5.1f}%  test "
+        + ("n/a" if test is None else f"{test * 100:5.1f}%") +
+        ("" if stage.get("exported", True) else "  (not exported: stage 1 "
+         "was better on validation)"))
   lines += ["", f"Misclassified test images: {len(report['misclassified'])}"]
   for row in report["misclassified"]:
     prob = (f" ({row['probability']:.3f})" if "probability" in row else "")

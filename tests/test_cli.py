@@ -73,6 +73,14 @@ BAD = [
     (["--graph=INCEPTION", "--how_many_training_steps=many"],
      "--how_many_training_steps"),
     ([], "could not download it"),  # The default TF-Hub URL, offline.
+    (["--fine_tune_layers=-1"], "--fine_tune_layers=-1: must be 0 or more"),
+    (["--fine_tune_layers=2", "--fine_tune_from=Mul:0"], "both given"),
+    (["--fine_tune_momentum=1"], "--fine_tune_momentum=1"),
+    (["--fine_tune_batch_size=0"], "--fine_tune_batch_size=0"),
+    (["--graph=INCEPTION", "--fine_tune_layers=5"],
+     "has 1 weight layers below the bottleneck; pass 1 to 1"),
+    (["--graph=INCEPTION", "--fine_tune_from=softmax:0"],
+     "not a tensor below the bottleneck.*candidates"),
 ]
 
 

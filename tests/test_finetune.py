@@ -5,6 +5,7 @@ import tensorflow as tf
 
 from retrain import finetune
 from retrain import finetune_graph as fg
+from retrain.train import LabeledBottlenecks
 from tests.test_finetune_graph import _chain_graph
 
 tf1 = tf.compat.v1
@@ -24,7 +25,8 @@ def _task(seed=0, n=900):
                                   [0.5, 0.5, -1]], np.float32), 1)
   x = x.reshape(n, -1)
   split = n * 2 // 3
-  return gd, cut, shapes, (x[:split], y[:split]), (x[split:], y[split:])
+  train = LabeledBottlenecks(x[:split], y[:split], [""] * split)
+  return gd, cut, shapes, train, (x[split:], y[split:])
 
 
 PARAMS = finetune.FineTuneParams(steps=600, learning_rate=0.05,
@@ -76,3 +78,75 @@ def test_patience_stops_after_evaluations_without_improvement():
                               np.zeros([3], np.float32), 3, still)
   assert result.steps_run == 2 * still.eval_interval
   assert [p.step for p in result.history] == [0, 50, 100]
+
+
+def test_pipeline_fine_tunes_exports_and_reports(small_models, color_images,
+                                                 tmp_path):
+  """A weak stage 1 (one tiny step) then stage 2 on the Inception-named graph:
+  stage 2 wins on validation, and every export carries its weights (fresh
+  process, 1e-5); the reports give both stages; a warm rerun computes no
+  cut activation."""
+  import json
+  import os
+  from retrain import pipeline
+  from retrain.config import HParams, ModelOptions
+  from tests import helpers
+  config = helpers.run_config(tmp_path, color_images, testing_percentage=25,
+                              validation_percentage=25,
+                              tflite_output=str(tmp_path / "out" /
+                                                "model.tflite"))
+  hparams = HParams(how_many_training_steps=1, learning_rate=1e-7,
+                    eval_step_interval=5, fine_tune_layers=1,
+                    fine_tune_steps=100, fine_tune_learning_rate=0.01)
+  options = ModelOptions(graph=small_models["inception"], tfhub_module="")
+  result = pipeline.run(config, hparams, options)
+  stage = result.fine_tune
+  assert stage is not None and stage.result.improved
+  assert stage.cut_vectors_computed > 0 and stage.parameters == 3 * 2048
+  assert result.model["source"].endswith("(fine-tuned)")
+  stage1 = np.mean(stage.result.history[0].validation_accuracy)
+  assert stage.result.best_validation_accuracy > stage1
+  for kind, path in (("graph", config.output_graph),
+                     ("saved_model", config.saved_model_dir)):
+    probs = helpers.export_probabilities(kind, path, result.test_paths,
+                                         tmp_path)
+    np.testing.assert_allclose(probs["bytes"], result.test_probabilities,
+                               atol=1e-5)
+  tflite = helpers.export_probabilities("tflite", config.tflite_output,
+                                        result.test_paths, tmp_path)
+  np.testing.assert_allclose(tflite["float"], result.test_probabilities,
+                             atol=1e-4)
+  out = os.path.dirname(config.output_graph)
+  with open(os.path.join(out, "report.json")) as f:
+    stages = json.load(f)["stages"]
+  assert [s["stage"] for s in stages] == ["new softmax layer", "fine-tuning"]
+  assert stages[1]["exported"] and stages[1]["steps"] == 100
+  assert "Stage: fine-tuning" in open(os.path.join(out, "report.txt")).read()
+  # Two charts (accuracy, cross entropy), each train and validation, for
+  # each stage.
+  assert open(os.path.join(out, "report.html")).read().count(
+      "<polyline") == 8
+  again = pipeline.run(config._replace(saved_model_dir="", tflite_output=""),
+                       hparams, options)
+  assert again.fine_tune.cut_vectors_computed == 0
+  np.testing.assert_allclose(again.test_probabilities,
+                             result.test_probabilities, atol=1e-6)
+
+
+def test_stage_one_is_exported_when_fine_tuning_does_not_help(
+    small_models, color_images, tmp_path):
+  from retrain import pipeline
+  from retrain.config import HParams, ModelOptions
+  from tests import helpers
+  config = helpers.run_config(tmp_path, color_images, saved_model_dir="")
+  hparams = HParams(how_many_training_steps=200, learning_rate=0.05,
+                    eval_step_interval=50, fine_tune_layers=1,
+                    fine_tune_steps=20, fine_tune_learning_rate=1e-9)
+  options = ModelOptions(graph=small_models["inception"], tfhub_module="")
+  result = pipeline.run(config, hparams, options)
+  assert not result.fine_tune.result.improved
+  assert not result.model["source"].endswith("(fine-tuned)")
+  probs = helpers.export_probabilities("graph", config.output_graph,
+                                       result.test_paths, tmp_path)
+  np.testing.assert_allclose(probs["bytes"], result.test_probabilities,
+                             atol=1e-5)

@@ -48,8 +48,9 @@ def test_default_run_reaches_75_percent(flower_run):
 EXPORT_ATOL = 3e-5
 
 
-def test_exports_match_trained_session(flower_run):
-  kind, config, result, tmp, _ = flower_run
+def _assert_exports_match(config, result, tmp):
+  """The frozen graph (bytes and float inputs) and the SavedModel, run in a
+  fresh process, give the trained session's probabilities."""
   graph = helpers.export_probabilities("graph", config.output_graph,
                                        result.test_paths, tmp)
   saved = helpers.export_probabilities("saved_model", config.saved_model_dir,
@@ -59,6 +60,11 @@ def test_exports_match_trained_session(flower_run):
                                atol=EXPORT_ATOL)
     np.testing.assert_array_equal(probabilities.argmax(1),
                                   result.test_probabilities.argmax(1))
+
+
+def test_exports_match_trained_session(flower_run):
+  kind, config, result, tmp, _ = flower_run
+  _assert_exports_match(config, result, tmp)
 
 
 def test_tflite_float_matches_trained_session(flower_run):
@@ -294,13 +300,7 @@ def test_fine_tuned_run_exports_and_is_not_worse_than_head_only(shared,
   assert len(stage.cut.layers) == 2
   assert stage.cut_vectors_computed == 500 + tuned.set_sizes["training"] // 2
   assert tuned.test_accuracy >= head.test_accuracy - 0.005
-  graph = helpers.export_probabilities("graph", config.output_graph,
-                                       tuned.test_paths, tmp_path)
-  saved = helpers.export_probabilities("saved_model", config.saved_model_dir,
-                                       tuned.test_paths, tmp_path)
-  for probabilities in (graph["bytes"], graph["float"], saved["bytes"]):
-    np.testing.assert_allclose(probabilities, tuned.test_probabilities,
-                               atol=EXPORT_ATOL)
+  _assert_exports_match(config, tuned, tmp_path)
   tflite = helpers.export_probabilities("tflite", config.tflite_output,
                                         tuned.test_paths, tmp_path)
   np.testing.assert_allclose(tflite["float"], tuned.test_probabilities,

@@ -158,7 +158,7 @@ def main(_):
   # Steady state: one extractor (batch size chosen as by default), start-up
   # and cache excluded (median of three passes after the one that chose).
   with BottleneckExtractor(fx) as extractor:
-    while extractor._tuner:  # pylint: disable=protected-access
+    while extractor.tuning:
       sum(1 for _ in extractor.compute(paths))
     chosen_batch = extractor.batch_size
     rates = []

@@ -267,6 +267,11 @@ class BottleneckExtractor:
                       f"images ({op_error_reason(e)}); check --input_tensor, "
                       "--bottleneck_tensor and --input_size")
 
+  @property
+  def tuning(self) -> bool:
+    """True while the batch size is still being chosen."""
+    return self._tuner is not None
+
   def _tune(self, images: int, seconds: float) -> None:
     """Records a timed batch; sets the next batch size, and once the tuner
     is done, keeps and logs its choice."""

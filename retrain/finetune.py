@@ -94,7 +94,8 @@ def fine_tune(graph_def: tf1.GraphDef, cut: fg.Cut,
               weights: np.ndarray, biases: np.ndarray, class_count: int,
               params: FineTuneParams,
               test_x: Optional[np.ndarray] = None,
-              log: Callable[["StagePoint"], None] = lambda point: None
+              log: Callable[["StagePoint"], None] = lambda point: None,
+              values: Optional[Dict[str, np.ndarray]] = None
               ) -> FineTuned:
   """Trains the cut's top and the new layer; returns the best of them.
 
@@ -107,6 +108,7 @@ def fine_tune(graph_def: tf1.GraphDef, cut: fg.Cut,
     weights, biases: stage 1's layer, [D, classes] and [classes].
     test_x: cut vectors whose probabilities the best model gives back.
     log: called with every evaluation's StagePoint.
+    values: the cut's trainable constants (fg.constant_values), if known.
   """
   rng = np.random.default_rng(params.random_seed)
   sampler = SAMPLERS[params.class_sampling](train.y, class_count, rng)
@@ -119,7 +121,8 @@ def fine_tune(graph_def: tf1.GraphDef, cut: fg.Cut,
     # The top reads its inputs from the vectors: its placeholders are
     # mapped onto the split cut vector.
     parts = fg.split_cut_vector(vectors, cut, shapes)
-    top = fg.build_trainable_top(graph_def, cut, shapes, input_map=parts)
+    top = fg.build_trainable_top(graph_def, cut, shapes, input_map=parts,
+                                 values=values)
     w = tf1.Variable(weights.astype(np.float32), name="final_weights")
     b = tf1.Variable(biases.astype(np.float32), name="final_biases")
     logits = tf.matmul(top.bottleneck, w) + b
@@ -247,8 +250,8 @@ def run_stage(image_lists: images.ImageLists, fx: FeatureExtractor,
   start = time.monotonic()
   cut, shapes, cfx, sets, computed = cut_vectors(image_lists, fx, config,
                                                  hparams)
-  parameters = int(sum(v.size for v in fg.constant_values(
-      fx.graph_def, cut.trainable()).values()))
+  values = fg.constant_values(fx.graph_def, cut.trainable())
+  parameters = int(sum(v.size for v in values.values()))
   logging.info("Fine-tuning %d layers (%s parameters): %s", len(cut.layers),
                f"{parameters:,}", ", ".join(cut.trainable()))
   train_set = sets[images.TRAINING]
@@ -276,7 +279,8 @@ def run_stage(image_lists: images.ImageLists, fx: FeatureExtractor,
                      hparams.eval_step_interval,
                      hparams.fine_tune_patience, hparams.random_seed,
                      hparams.class_sampling),
-      test_x=test_set.take(test_rows), log=lambda point: log(point, steps))
+      test_x=test_set.take(test_rows), log=lambda point: log(point, steps),
+      values=values)
   tuned = fx
   if result.improved:
     logging.info("Fine-tuning: validation accuracy %.1f%% -> %.1f%% (best at "

@@ -258,14 +258,18 @@ class TrainableTop:
 def build_trainable_top(graph_def: tf1.GraphDef, cut: Cut,
                         shapes: Dict[str, List[Optional[int]]],
                         name: str = "top",
-                        input_map: Optional[Dict[str, tf.Tensor]] = None
+                        input_map: Optional[Dict[str, tf.Tensor]] = None,
+                        values: Optional[Dict[str, np.ndarray]] = None
                         ) -> TrainableTop:
   """Adds the CNN's top to the default graph: placeholders for the cut's
   tensors (or the tensors `input_map` gives for them, e.g. split_cut_vector
   of cached vectors), tf.Variables (initialised from the constants' values)
   for the trainable kernels and biases, and everything else as it was.
+  `values`: the trainable tensors' values, if already computed
+  (constant_values).
   """
-  values = constant_values(graph_def, cut.trainable())
+  if values is None:
+    values = constant_values(graph_def, cut.trainable())
   if input_map is not None:
     inputs = {t: input_map[t] for t in cut.inputs}
   else:

@@ -96,23 +96,24 @@ class _BadImage(Exception):
   pass
 
 
-def _tf_errors():
-  """(TensorFlow's OpError, a one-line reason of one), or stand-ins when
-  TensorFlow is not installed (then no TensorFlow op can fail)."""
+def _tensorflow():
+  """The tensorflow module, or None where it is not installed (a device
+  with LiteRT only)."""
   try:
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
   except ImportError:
+    return None
+  return tf
+
+
+def _tf_errors():
+  """(TensorFlow's OpError, a one-line reason of one), or stand-ins when
+  TensorFlow is not installed (then no TensorFlow op can fail)."""
+  tf = _tensorflow()
+  if tf is None:
     return _BadImage, str
   from retrain.extract import op_error_reason  # pylint: disable=g-import-not-at-top
   return tf.errors.OpError, op_error_reason
-
-
-def _has_tensorflow() -> bool:
-  try:
-    import tensorflow  # pylint: disable=g-import-not-at-top,unused-import
-  except ImportError:
-    return False
-  return True
 
 
 class GraphClassifier(Classifier):
@@ -164,9 +165,8 @@ class SavedModelClassifier(Classifier):
 
 
 def _import_tensorflow(model: str):
-  try:
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  except ImportError:
+  tf = _tensorflow()
+  if tf is None:
     raise UserError(f"--model={model}: running a frozen graph or SavedModel "
                     "needs TensorFlow (pip install tensorflow); a .tflite "
                     "export runs without it")
@@ -195,9 +195,8 @@ def tflite_interpreter(path: str):
     from ai_edge_litert.interpreter import Interpreter  # pylint: disable=g-import-not-at-top
     runtime = "ai_edge_litert"
   except ImportError:
-    try:
-      import tensorflow as tf  # pylint: disable=g-import-not-at-top
-    except ImportError:
+    tf = _tensorflow()
+    if tf is None:
       raise UserError(f"--model={path}: running a .tflite model needs LiteRT"
                       ": pip install ai-edge-litert pillow")
     Interpreter = tf.lite.Interpreter  # pylint: disable=invalid-name
@@ -230,7 +229,7 @@ class TFLiteClassifier(Classifier):
     self._input = self._interpreter.get_input_details()[0]
     self._output = self._interpreter.get_output_details()[0]
     height, width = (int(d) for d in self._input["shape"][1:3])
-    if _has_tensorflow():
+    if _tensorflow() is not None:
       from retrain.extract import ImageDecoder  # pylint: disable=g-import-not-at-top
       self._decoder = ImageDecoder((height, width), rule=_preprocessing(meta))
     else:

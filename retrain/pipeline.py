@@ -257,17 +257,8 @@ def train_layer(inputs: Inputs, data: Bottlenecks, config: RunConfig,
   tg = train.build_training_graph(inputs.fx.bottleneck_size, class_count,
                                   hparams, config.final_tensor_name)
   summaries.open(tg.graph)
-  steps = hparams.how_many_training_steps
-  progress = Progress("Training", steps, log_every=0)
-  log_every = config.eval_log_interval or _eval_log_interval(
-      steps, hparams.eval_step_interval)
-
-  def log_eval(step: int, text: str) -> None:
-    if progress.tty:
-      progress.update(step, text)
-    elif step % log_every == 0 or step == steps:
-      logging.info("Step %d/%d: %s", step, steps, text)
-
+  log_eval = _EvaluationLog("Training", "Step",
+                            hparams.how_many_training_steps, config, hparams)
   written: List[str] = []
   with tf1.Session(graph=tg.graph) as session:
     try:
@@ -281,7 +272,7 @@ def train_layer(inputs: Inputs, data: Bottlenecks, config: RunConfig,
               _graph_metadata(inputs.fx, inputs.labels, config), written),
           store_every=config.intermediate_store_frequency)
     finally:
-      progress.close()
+      log_eval.close()
     if config.checkpoint_path:
       tg.saver.save(session, config.checkpoint_path, write_meta_graph=False,
                     write_state=False)
@@ -295,10 +286,28 @@ def train_layer(inputs: Inputs, data: Bottlenecks, config: RunConfig,
                       time.monotonic() - start, written)
 
 
-def _eval_log_interval(steps: int, every: int) -> int:
-  """Steps between logged evaluations: a multiple of `every` near
-  EVAL_LOG_SHARE of the steps."""
-  return every * max(1, round(steps * EVAL_LOG_SHARE / every))
+class _EvaluationLog:
+  """Evaluations as a live bar on a terminal, else as log lines: one about
+  every EVAL_LOG_SHARE of the steps (a multiple of the evaluation interval)
+  and the last, or every one when --eval_step_interval was given."""
+
+  def __init__(self, what: str, line: str, steps: int, config: RunConfig,
+               hparams: HParams):
+    self.progress = Progress(what, steps, log_every=0)
+    self.line = line
+    self.steps = steps
+    every = hparams.eval_step_interval
+    self.every = config.eval_log_interval or every * max(
+        1, round(steps * EVAL_LOG_SHARE / every))
+
+  def __call__(self, step: int, text: str) -> None:
+    if self.progress.tty:
+      self.progress.update(step, text)
+    elif step % self.every == 0 or step == self.steps:
+      logging.info("%s %d/%d: %s", self.line, step, self.steps, text)
+
+  def close(self) -> None:
+    self.progress.close()
 
 
 def fine_tune_top(inputs: Inputs, layer: TrainedLayer, config: RunConfig,
@@ -309,13 +318,12 @@ def fine_tune_top(inputs: Inputs, layer: TrainedLayer, config: RunConfig,
   when not asked for."""
   if not hparams.fine_tuning():
     return None
-  progress: List[Progress] = []
+  lines: List[_EvaluationLog] = []
 
   def log(point: finetune.StagePoint, steps: int) -> None:
-    if not progress:
-      progress.append(Progress("Fine-tuning", steps, log_every=0))
-    every = config.eval_log_interval or _eval_log_interval(
-        steps, hparams.eval_step_interval)
+    if not lines:  # The number of steps is known from the first call.
+      lines.append(_EvaluationLog("Fine-tuning", "Fine-tuning step", steps,
+                                  config, hparams))
     text = f"validation accuracy {point.validation_accuracy * 100:.1f}%"
     if point.train_accuracy is not None:
       text = (f"train accuracy {point.train_accuracy * 100:.1f}%, cross "
@@ -327,17 +335,14 @@ def fine_tune_top(inputs: Inputs, layer: TrainedLayer, config: RunConfig,
     if summaries.validation is not None:
       summaries.validation.add_summary(_scalars(
           fine_tune_accuracy=point.validation_accuracy), point.step)
-    if progress[0].tty:
-      progress[0].update(point.step, text)
-    elif point.step % every == 0 or point.step == steps:
-      logging.info("Fine-tuning step %d/%d: %s", point.step, steps, text)
+    lines[0](point.step, text)
   try:
     return finetune.run_stage(inputs.image_lists, inputs.fx, config, hparams,
                               layer.weights, layer.biases, layer.test.paths,
                               log)
   finally:
-    for p in progress:
-      p.close()
+    for line in lines:
+      line.close()
 
 
 def _scalars(**values: float) -> tf1.Summary:

@@ -198,9 +198,14 @@ def _chart(title: str, curves: Sequence[Curve], train_key: str,
   return "".join(parts)
 
 
+def _worst_first(evaluation: Mapping) -> list:
+  """The misclassified test images, most confident mistake first."""
+  return sorted(evaluation["misclassified"],
+                key=lambda r: -r.get("probability", 0.0))
+
+
 def _gallery(evaluation: Mapping, thumbs: Mapping[str, str]) -> str:
-  wrong = sorted(evaluation["misclassified"],
-                 key=lambda r: -r.get("probability", 0.0))
+  wrong = _worst_first(evaluation)
   if not wrong:
     return "<p>No test image was misclassified.</p>"
   figures = []
@@ -266,9 +271,8 @@ def render(evaluation: Mapping, curves: Sequence[Curve],
 def write_html(folder: str, evaluation: Mapping, curves: Sequence[Curve],
                facts: Optional[Mapping[str, object]] = None) -> str:
   """Writes report.html (atomically) into `folder`; returns its path."""
-  wrong = sorted(evaluation["misclassified"],
-                 key=lambda r: -r.get("probability", 0.0))[:MAX_GALLERY]
-  thumbs = thumbnails([r["image"] for r in wrong if r.get("image")])
+  shown = _worst_first(evaluation)[:MAX_GALLERY]
+  thumbs = thumbnails([r["image"] for r in shown if r.get("image")])
   path = os.path.join(folder, REPORT_HTML)
   atomic_write_text(path, render(evaluation, curves, thumbs, facts))
   return path

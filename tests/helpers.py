@@ -114,3 +114,15 @@ def chromium_dom(html_path, tmp):
       capture_output=True, text=True, timeout=120)
   assert proc.returncode == 0, proc.stderr[-2000:]
   return proc.stdout
+
+
+def require(module):
+  """Imports an optional package the tests' extra installs: skipped where
+  it is absent, except under CI=true (.ci/run installs it), where the
+  import error fails the test."""
+  import importlib  # pylint: disable=g-import-not-at-top
+  import pytest  # pylint: disable=g-import-not-at-top
+  if os.environ.get("CI") == "true":
+    return importlib.import_module(module)
+  return pytest.importorskip(module, reason=f"{module} is not installed "
+                             "(pip install '.[test]')")

@@ -79,7 +79,7 @@ def test_pillow_decoder_reports_bad_images():
 
 
 def test_litert_is_used_when_installed(tmp_path):
-  pytest.importorskip("ai_edge_litert")
+  helpers.require("ai_edge_litert")
   path = _tiny_tflite(tmp_path)
   _, runtime = label_image.tflite_interpreter(path)
   assert runtime == "ai_edge_litert"

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from retrain import report
+from tests import helpers
 
 LABELS = ["cat", "dog", "owl"]
 # 8 test images. By hand:
@@ -79,7 +80,7 @@ def test_confusion_image():
 
 
 def test_confusion_png_with_matplotlib(tmp_path):
-  pytest.importorskip("matplotlib", reason="optional dependency")
+  helpers.require("matplotlib")
   r = report.classification_report(TRUTH, PRED, LABELS)
   written = report.write_reports(str(tmp_path), r)
   png = tmp_path / "confusion_matrix.png"

@@ -89,8 +89,7 @@ def compute_bottlenecks(image_lists: images.ImageLists, fx: FeatureExtractor,
     distortions = config.distortions()
     train_keep = (category == images.TRAINING) & result.ok
     train_refs = [r for r, k in zip(refs, train_keep) if k]
-    xs, ys, paths = [sets[images.TRAINING].in_memory().x], [
-        truth[train_keep]], list(sets[images.TRAINING].paths)
+    parts = [sets[images.TRAINING]]
     for copy in range(1, copies + 1):
       tag = augmented_tag(fx.tag, distortions, random_seed, copy)
       filled = _fill(cache.BottleneckCache(config.bottleneck_dir, tag),
@@ -101,12 +100,13 @@ def compute_bottlenecks(image_lists: images.ImageLists, fx: FeatureExtractor,
                          distortions=distortions, copy=copy,
                          random_seed=random_seed))
       augmented += filled.computed
-      xs.append(filled.vectors[filled.ok])
-      ys.append(truth[train_keep][filled.ok])
-      paths += [f"{r.path}{AUGMENTED_MARK}{copy}"
-                for r, k in zip(train_refs, filled.ok) if k]
-    sets[images.TRAINING] = train.LabeledBottlenecks(
-        np.concatenate(xs), np.concatenate(ys), paths)
+      rows = np.flatnonzero(filled.ok)
+      parts.append(train.LabeledBottlenecks(
+          filled.vectors, truth[train_keep][rows],
+          [f"{train_refs[i].path}{AUGMENTED_MARK}{copy}" for i in rows],
+          rows))
+    # Still a view over the memory-mapped cache files (keep_in_memory).
+    sets[images.TRAINING] = train.LabeledBottlenecks.stack(parts)
     logging.info("Augmentation: %d distorted copies of %d training images "
                  "(%s), %d computed, the rest from cache", copies,
                  len(train_refs), distortions, augmented)
@@ -114,15 +114,16 @@ def compute_bottlenecks(image_lists: images.ImageLists, fx: FeatureExtractor,
 
 
 def keep_in_memory(sets: Dict[str, train.LabeledBottlenecks],
-                   config: RunConfig) -> Dict[str, train.LabeledBottlenecks]:
+                   config: RunConfig, what: str = "Bottlenecks"
+                   ) -> Dict[str, train.LabeledBottlenecks]:
   """The sets loaded into memory, unless larger than the memory budget; then
   training reads them where needed from the memory-mapped cache index."""
   size = sum(len(s) * s.x.shape[1] * 4 for s in sets.values()
              if s.rows is not None)
   if size <= in_memory_limit(config):
     return {cat: s.in_memory() for cat, s in sets.items()}
-  logging.info("Bottlenecks (%.0f MB) exceed --max_in_memory_mb; training "
-               "reads them from the memory-mapped cache index", size / 2**20)
+  logging.info("%s (%.0f MB) exceed --max_in_memory_mb; training reads "
+               "them from the memory-mapped cache index", what, size / 2**20)
   return sets
 
 

@@ -90,10 +90,10 @@ class FineTuned:
 def fine_tune(graph_def: tf1.GraphDef, cut: fg.Cut,
               shapes: Dict[str, List[Optional[int]]],
               train: LabeledBottlenecks,
-              validation: Tuple[np.ndarray, np.ndarray],
+              validation: LabeledBottlenecks,
               weights: np.ndarray, biases: np.ndarray, class_count: int,
               params: FineTuneParams,
-              test_x: Optional[np.ndarray] = None,
+              test: Optional[LabeledBottlenecks] = None,
               log: Callable[["StagePoint"], None] = lambda point: None,
               values: Optional[Dict[str, np.ndarray]] = None
               ) -> FineTuned:
@@ -103,10 +103,11 @@ def fine_tune(graph_def: tf1.GraphDef, cut: fg.Cut,
     graph_def, cut, shapes: the frozen CNN, its cut, the cut's shapes.
     train: cut vectors [n, size] (in memory or memory-mapped rows) and
       labels; each step reads only the rows it samples.
-    validation: (cut vectors float32 [m, size], labels int64 [m]), measured
-      at every evaluation.
+    validation: cut vectors [m, size] and labels, measured at every
+      evaluation, read _EVAL_BATCH at a time (may be memory-mapped).
     weights, biases: stage 1's layer, [D, classes] and [classes].
-    test_x: cut vectors whose probabilities the best model gives back.
+    test: cut vectors whose probabilities the best model gives back, read
+      the same way.
     log: called with every evaluation's StagePoint.
     values: the cut's trainable constants (fg.constant_values), if known.
   """
@@ -141,18 +142,19 @@ def fine_tune(graph_def: tf1.GraphDef, cut: fg.Cut,
                          for k, v in tracked.items()])
   graph.finalize()
 
-  def batches(x, *tensors):
-    for start in range(0, len(x), _EVAL_BATCH):
-      yield x[start:start + _EVAL_BATCH], [t[start:start + _EVAL_BATCH]
-                                           for t in tensors]
+  def batches(labeled: LabeledBottlenecks):
+    """(vectors float32 [<= _EVAL_BATCH, size], labels) in order."""
+    for start in range(0, len(labeled), _EVAL_BATCH):
+      items = np.arange(start, min(start + _EVAL_BATCH, len(labeled)))
+      yield labeled.take(items), labeled.y[items]
 
   def evaluate(sess) -> Tuple[float, float]:
     """(validation accuracy, validation cross entropy)."""
     right = loss = 0.0
-    for x, (y,) in batches(*validation):
+    for x, y in batches(validation):
       r, l = sess.run([correct, xent], {vectors: x, labels: y})
       right, loss = right + r, loss + l * len(y)
-    n = max(len(validation[1]), 1)
+    n = max(len(validation), 1)
     return float(right) / n, float(loss) / n
 
   def better(a: Tuple[float, float], b: Tuple[float, float]) -> bool:
@@ -188,10 +190,10 @@ def fine_tune(graph_def: tf1.GraphDef, cut: fg.Cut,
           if params.patience and since_best >= params.patience:
             break
     test_probabilities = None
-    if test_x is not None:
+    if test is not None:
       sess.run(restore, {restore_values[k]: v for k, v in snapshot.items()})
       test_probabilities = np.concatenate(
-          [sess.run(probabilities, {vectors: x}) for x, _ in batches(test_x)]
+          [sess.run(probabilities, {vectors: x}) for x, _ in batches(test)]
           + [np.zeros([0, class_count], np.float32)])
   values = {t: v for t, v in snapshot.items() if not t.startswith("__")}
   return FineTuned(values, snapshot["__weights"], snapshot["__biases"],
@@ -250,6 +252,9 @@ def run_stage(image_lists: images.ImageLists, fx: FeatureExtractor,
   start = time.monotonic()
   cut, shapes, cfx, sets, computed = cut_vectors(image_lists, fx, config,
                                                  hparams)
+  # In memory within --max_in_memory_mb, else read from the cache files
+  # where needed (a step reads its batch; evaluations read in batches).
+  sets = bottlenecks.keep_in_memory(sets, config, "Cut activations")
   values = fg.constant_values(fx.graph_def, cut.trainable())
   parameters = int(sum(v.size for v in values.values()))
   logging.info("Fine-tuning %d layers (%s parameters): %s", len(cut.layers),
@@ -272,14 +277,14 @@ def run_stage(image_lists: images.ImageLists, fx: FeatureExtractor,
   test_rows = np.array([row[p] for p in test_paths], np.int64)
   result = fine_tune(
       fx.graph_def, cut, shapes, train_set,
-      (validation.take(pick), validation.y[pick]), weights, biases,
+      validation.subset(pick), weights, biases,
       len(image_lists.labels),
       FineTuneParams(steps, learning_rate, hparams.fine_tune_momentum,
                      hparams.fine_tune_batch_size,
                      hparams.eval_step_interval,
                      hparams.fine_tune_patience, hparams.random_seed,
                      hparams.class_sampling),
-      test_x=test_set.take(test_rows), log=lambda point: log(point, steps),
+      test=test_set.subset(test_rows), log=lambda point: log(point, steps),
       values=values)
   tuned = fx
   if result.improved:

@@ -186,3 +186,28 @@ def test_progress_bar_on_a_terminal(small_models, color_images, tmp_path):
   assert "Bottlenecks (0 cached, 72 new) [" in out
   assert re.search(r"Training \[#{24}\] 50/50, \d+/s", out), out[-2000:]
   assert "Step 10/50:" not in out  # The bar replaces per-step log lines.
+
+
+def test_augmented_sets_past_the_memory_budget_stay_on_disk(
+    augmented_run, monkeypatch):
+  """The originals and every copy are read from their memory-mapped cache
+  files where needed, never concatenated in memory; training is the same."""
+  config, options, result = augmented_run
+  seen = []
+  real_train = pipeline.train.train
+
+  def spy(tg, session, train_set, validation_set, *args, **kwargs):
+    seen.append((train_set.rows is not None, type(train_set.x).__name__,
+                 len(train_set.x.parts), validation_set.rows is not None))
+    return real_train(tg, session, train_set, validation_set, *args,
+                      **kwargs)
+
+  monkeypatch.setattr(pipeline.train, "train", spy)
+  again = pipeline.run(config._replace(max_in_memory_mb=0.001,
+                                       tflite_output="", summaries_dir=""),
+                       HP, options)
+  assert seen == [(True, "StackedRows", 3, True)]
+  assert again.augmented_computed == 0
+  assert again.history == result.history
+  np.testing.assert_allclose(again.final_weights, result.final_weights,
+                             atol=1e-6)

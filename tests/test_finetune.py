@@ -26,7 +26,8 @@ def _task(seed=0, n=900):
   x = x.reshape(n, -1)
   split = n * 2 // 3
   train = LabeledBottlenecks(x[:split], y[:split], [""] * split)
-  return gd, cut, shapes, train, (x[split:], y[split:])
+  validation = LabeledBottlenecks(x[split:], y[split:], [""] * (n - split))
+  return gd, cut, shapes, train, validation
 
 
 PARAMS = finetune.FineTuneParams(steps=600, learning_rate=0.05,
@@ -150,3 +151,41 @@ def test_stage_one_is_exported_when_fine_tuning_does_not_help(
                                        result.test_paths, tmp_path)
   np.testing.assert_allclose(probs["bytes"], result.test_probabilities,
                              atol=1e-5)
+
+
+def test_augmented_cut_vectors_past_the_memory_budget_stay_on_disk(
+    small_models, color_images, tmp_path, monkeypatch):
+  """Stage 2 with an augmented copy and --max_in_memory_mb below the cut
+  vectors: each step reads its batch, evaluations read in batches, from
+  the memory-mapped cache files; the model is the same as in memory."""
+  from retrain import pipeline
+  from retrain.config import HParams, ModelOptions
+  from tests import helpers
+  config = helpers.run_config(tmp_path, color_images, saved_model_dir="",
+                              tflite_output="", summaries_dir="",
+                              testing_percentage=25,
+                              validation_percentage=25, flip_left_right=True,
+                              augmentation_copies=1)
+  hparams = HParams(how_many_training_steps=1, learning_rate=1e-7,
+                    eval_step_interval=10, fine_tune_layers=1,
+                    fine_tune_steps=40, fine_tune_learning_rate=0.01)
+  options = ModelOptions(graph=small_models["inception"], tfhub_module="")
+  in_memory = pipeline.run(config, hparams, options)
+  seen = []
+  real = finetune.fine_tune
+
+  def spy(graph_def, cut, shapes, train, validation, *args, **kwargs):
+    seen.append((type(train.x).__name__, train.rows is not None,
+                 isinstance(validation.x, np.memmap),
+                 isinstance(kwargs["test"].x, np.memmap)))
+    return real(graph_def, cut, shapes, train, validation, *args, **kwargs)
+
+  monkeypatch.setattr(finetune, "fine_tune", spy)
+  on_disk = pipeline.run(config._replace(max_in_memory_mb=0.001), hparams,
+                         options)
+  assert seen == [("StackedRows", True, True, True)]
+  assert on_disk.fine_tune.cut_vectors_computed == 0
+  a, b = in_memory.fine_tune.result, on_disk.fine_tune.result
+  assert a.improved and a.history == b.history
+  np.testing.assert_allclose(on_disk.test_probabilities,
+                             in_memory.test_probabilities, atol=1e-6)

@@ -181,3 +181,25 @@ def test_every_step_and_evaluation_follows_the_previous_update(monkeypatch):
   np.testing.assert_allclose(validation.scalars["cross_entropy"], ref_xent,
                              rtol=1e-4)
   assert not np.allclose(w, w0, atol=1e-2)  # Training moved the weights.
+
+
+def test_stacked_rows_read_only_the_rows_asked_for_in_any_order(tmp_path):
+  a, b = _blobs(30), _blobs(20, seed=1)
+  disk_a = _on_disk(a, str(tmp_path / "a.f32"))
+  stacked = train.LabeledBottlenecks.stack([disk_a, b.subset(
+      np.arange(5, 20))])
+  assert len(stacked) == 45 and stacked.x.shape == (45, a.x.shape[1])
+  assert stacked.rows is not None  # A view: nothing read yet.
+  items = np.array([44, 0, 30, 29, 31, 0])
+  expected = np.concatenate([a.x, b.x[5:]])[items]
+  np.testing.assert_array_equal(stacked.take(items), expected)
+  np.testing.assert_array_equal(stacked.y[items],
+                                np.concatenate([a.y, b.y[5:]])[items])
+  assert [stacked.paths[i] for i in items] == [
+      (a.paths + b.paths[5:])[i] for i in items]
+  whole = stacked.in_memory()
+  assert whole.rows is None and isinstance(whole.x, np.ndarray)
+  np.testing.assert_array_equal(whole.x, np.concatenate([a.x, b.x[5:]]))
+  view = stacked.subset(np.array([40, 2]))
+  np.testing.assert_array_equal(view.take(np.array([1, 0])),
+                                np.concatenate([a.x, b.x[5:]])[[2, 40]])

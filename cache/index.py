@@ -24,10 +24,11 @@ import os
 import struct
 import tempfile
 import zlib
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from cache import fs as fs_mod
 from cache.atomic import default_file_mode
 from cache.format import model_digest
 
@@ -40,7 +41,13 @@ _NO_VECTOR = (-1, -1)
 
 
 def index_path(root: str, tag: str) -> str:
-  return os.path.join(root, tag + SUFFIX)
+  return fs_mod.join(root, tag + SUFFIX)
+
+
+def _local_temp(prefix: str) -> Tuple[int, str]:
+  """A new local temporary file (for a remote index): (fd, path)."""
+  return tempfile.mkstemp(prefix=prefix, suffix=".tmp",
+                          dir=fs_mod.local_copy_dir())
 
 
 def _layout(rows: int, dim: int):
@@ -66,10 +73,32 @@ class PackedIndex:
 
   @classmethod
   def open(cls, root: str, tag: str, dim: int) -> Optional["PackedIndex"]:
-    """The index of `tag` under `root`, or None if missing or not valid."""
+    """The index of `tag` under `root`, or None if missing or not valid.
+
+    A remote index is copied to a local temporary file first, and mapped
+    from there (the file is unlinked at once; the mapping keeps it).
+    """
     path = index_path(root, tag)
+    fs = fs_mod.for_path(root)
+    if fs.local:
+      return cls._open_file(path, path, tag, dim)
+    fd, local = _local_temp(f".{tag}{SUFFIX}.")
+    os.close(fd)
     try:
-      with open(path, "rb") as f:
+      try:
+        fs.download(path, local)
+      except OSError:
+        return None
+      return cls._open_file(local, path, tag, dim)
+    finally:
+      os.unlink(local)
+
+  @classmethod
+  def _open_file(cls, local: str, path: str, tag: str, dim: int
+                 ) -> Optional["PackedIndex"]:
+    """Reads the index file at local path `local` (known as `path`)."""
+    try:
+      with open(local, "rb") as f:
         header = f.read(_HEADER_SIZE)
         if len(header) < _HEADER.size:
           return None
@@ -94,7 +123,7 @@ class PackedIndex:
     if len(keys) != rows:
       return None
     fingerprints = np.frombuffer(fingerprint_bytes, "<i8").reshape(rows, 2)
-    vectors = (np.memmap(path, "<f4", "r", vec_at, (rows, dim)) if rows
+    vectors = (np.memmap(local, "<f4", "r", vec_at, (rows, dim)) if rows
                else np.zeros((0, dim), np.float32))
     return cls(path, keys, fingerprints, vectors)
 
@@ -112,7 +141,8 @@ class IndexWriter:
   """Writes a new index row by row (rows in any order), then renames it in.
 
   Vectors go straight to the file with positional writes, so memory does not
-  grow with the number of images.
+  grow with the number of images. Under a remote root the file is written
+  locally and uploaded whole on commit.
   """
 
   def __init__(self, root: str, tag: str, keys: Sequence[str], dim: int):
@@ -122,14 +152,20 @@ class IndexWriter:
     self.dim = dim
     self.fingerprints = np.full((len(self.keys), 2), _NO_VECTOR, np.int64)
     _, self._vectors_at, self._keys_at = _layout(len(self.keys), dim)
-    os.makedirs(root, exist_ok=True)
+    self._fs = fs_mod.for_path(root)
     prefix = f".{tag}{SUFFIX}."
-    fd, self._tmp = tempfile.mkstemp(dir=root, prefix=prefix, suffix=".tmp")
+    if self._fs.local:
+      os.makedirs(root, exist_ok=True)
+      fd, self._tmp = tempfile.mkstemp(dir=root, prefix=prefix,
+                                       suffix=".tmp")
+    else:
+      self._fs.makedirs(root)
+      fd, self._tmp = _local_temp(prefix)
     # Locked while being written: the lock dies with its process, so an
     # unlocked temp file is the leftover of a killed run, and is removed.
     fcntl.flock(fd, fcntl.LOCK_EX)
     self._file = os.fdopen(fd, "r+b")
-    _remove_abandoned(root, prefix, self._tmp)
+    _remove_abandoned(os.path.dirname(self._tmp), prefix, self._tmp)
     self._file.truncate(self._keys_at)
 
   def put(self, row: int, vector: np.ndarray, fingerprint: Sequence[int]
@@ -163,7 +199,11 @@ class IndexWriter:
       vectors = (np.memmap(self._tmp, "<f4", "r", self._vectors_at,
                            (rows, self.dim)) if rows
                  else np.zeros((0, self.dim), np.float32))
-      os.replace(self._tmp, self.path)
+      if self._fs.local:
+        os.replace(self._tmp, self.path)
+      else:
+        self._fs.upload(self._tmp, self.path)
+        os.unlink(self._tmp)
     except BaseException:
       self.abort()
       raise

@@ -7,8 +7,8 @@ from typing import Callable, Iterator, List, NamedTuple, Optional, Sequence, Tup
 import numpy as np
 
 from cache import format as fmt
+from cache import fs as fs_mod
 from cache import index as index_mod
-from cache.atomic import atomic_write_bytes
 from cache.naming import bottleneck_path
 
 
@@ -19,8 +19,8 @@ class SourceFingerprint(NamedTuple):
 
   @classmethod
   def of(cls, path: str) -> "SourceFingerprint":
-    st = os.stat(path)
-    return cls(st.st_size, st.st_mtime_ns)
+    """Raises OSError when the file cannot be stat'ed."""
+    return cls(*fs_mod.for_path(path).stat(path))
 
 
 class ImageRef(NamedTuple):
@@ -61,6 +61,7 @@ class BottleneckCache:
   def __init__(self, root: str, tag: str):
     self.root = root
     self.tag = tag
+    self.fs = fs_mod.for_path(root)
 
   def path_for(self, ref: ImageRef) -> str:
     return bottleneck_path(self.root, ref.class_dir, ref.relpath, self.tag)
@@ -69,20 +70,19 @@ class BottleneckCache:
            fingerprint: SourceFingerprint) -> Optional[np.ndarray]:
     """The cached vector, or None if it is missing, stale or unreadable."""
     try:
-      with open(self.path_for(ref), "rb") as f:
-        data = f.read()
+      data = self.fs.read_bytes(self.path_for(ref))
       return fmt.decode(data, self.tag, fingerprint)
     except (OSError, fmt.CacheFormatError):
       return None
 
   def store(self, ref: ImageRef, vector: np.ndarray,
             fingerprint: SourceFingerprint) -> None:
-    atomic_write_bytes(self.path_for(ref),
-                       fmt.encode(vector, self.tag, fingerprint))
+    self.fs.write_atomic(self.path_for(ref),
+                         fmt.encode(vector, self.tag, fingerprint))
 
   def fill(self, refs: Sequence[ImageRef], compute: ComputeFn, dim: int,
-           progress: Optional[Callable[[int, int], None]] = None
-           ) -> FillResult:
+           progress: Optional[Callable[[int, int], None]] = None,
+           compute_stores: bool = False) -> FillResult:
     """The bottlenecks of `refs`: read from the cache, the rest computed.
 
     Each source image is stat'ed once. Vectors come from the packed index
@@ -97,6 +97,8 @@ class BottleneckCache:
       compute: computes vectors for a list of ImageRefs (see ComputeFn).
       dim: the bottleneck length D.
       progress: called as progress(done, total) while computing.
+      compute_stores: `compute` has written each vector's sidecar itself
+        (a Beam pipeline); fill only indexes them.
     """
     n = len(refs)
     keys = [index_key(r) for r in refs]
@@ -144,7 +146,8 @@ class BottleneckCache:
           failures.append((refs[i].path, error or "unknown error"))
         else:
           vector = np.asarray(vector, np.float32)
-          self.store(refs[i], vector, fingerprints[i])
+          if not compute_stores:
+            self.store(refs[i], vector, fingerprints[i])
           writer.put(i, vector, fingerprints[i])
           ok[i] = True
         if progress:

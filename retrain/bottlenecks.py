@@ -7,8 +7,9 @@ own model tags. The sets refer to rows of the memory-mapped cache index until
 """
 
 import hashlib
+import logging as std_logging
 import os
-from typing import Callable, Dict, List, Sequence, Tuple
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 from absl import logging
@@ -24,11 +25,19 @@ from retrain.progress import Progress
 AUGMENTED_MARK = "#augmented"
 
 
+class _Work(NamedTuple):
+  """What computes one cache tag's missing vectors."""
+  fx: FeatureExtractor
+  distortions: Optional[object] = None  # preprocess.Distortions
+  copy: int = 0
+  random_seed: int = 0
+
+
 def _fill(store: cache.BottleneckCache, refs: Sequence[cache.ImageRef],
-          dim: int, what: str,
-          make_extractor: Callable[[], BottleneckExtractor]
-          ) -> cache.FillResult:
-  """store.fill with a lazily built extractor and a progress report."""
+          what: str, work: _Work, config: RunConfig) -> cache.FillResult:
+  """store.fill with a progress report; the missing vectors computed by a
+  lazily built in-process extractor, or with --beam_runner by a Beam
+  pipeline that writes their sidecars itself."""
   extractors: List[BottleneckExtractor] = []
   progress: List[Progress] = []
 
@@ -38,17 +47,44 @@ def _fill(store: cache.BottleneckCache, refs: Sequence[cache.ImageRef],
     progress.append(Progress(
         f"{what} ({len(refs) - len(missing)} cached, {len(missing)} new)",
         len(missing)))
-    extractors.append(make_extractor())
+    if config.beam_runner:
+      return _beam_compute(store, missing, work, config)
+    extractors.append(BottleneckExtractor(
+        work.fx, config.bottleneck_batch_size, distortions=work.distortions,
+        copy=work.copy, random_seed=work.random_seed))
     return extractors[0].compute(missing)
 
   try:
-    return store.fill(refs, compute, dim,
-                      lambda done, total: progress[0].update(done))
+    return store.fill(refs, compute, work.fx.bottleneck_size,
+                      lambda done, total: progress[0].update(done),
+                      compute_stores=bool(config.beam_runner))
   finally:
     for e in extractors:
       e.close()
     for p in progress:
       p.close()
+
+
+def _beam_compute(store: cache.BottleneckCache,
+                  missing: Sequence[cache.ImageRef], work: _Work,
+                  config: RunConfig):
+  """Runs the Beam pipeline over `missing`, then yields what it wrote (or
+  why an image cannot be used), as an extractor's compute would."""
+  from retrain import beam_extract  # pylint: disable=g-import-not-at-top
+  outcome = beam_extract.compute(
+      missing, work.fx, store.tag, config.bottleneck_dir, config.beam_runner,
+      config.beam_options, config.bottleneck_batch_size or
+      beam_extract.DEFAULT_BATCH_SIZE, work.distortions, work.copy,
+      work.random_seed)
+  for j, ref in enumerate(missing):
+    reason = outcome.failures.get(ref.path)
+    vector = None if reason else store.load(
+        ref, cache.SourceFingerprint.of(ref.path))
+    if vector is None:
+      yield j, None, reason or ("the Beam pipeline wrote no vector for it "
+                                "(did the pipeline fail?)")
+    else:
+      yield j, vector, None
 
 
 def compute_bottlenecks(image_lists: images.ImageLists, fx: FeatureExtractor,
@@ -71,8 +107,7 @@ def compute_bottlenecks(image_lists: images.ImageLists, fx: FeatureExtractor,
         truth.append(class_index)
         category.append(cat)
   result = _fill(cache.BottleneckCache(config.bottleneck_dir, fx.tag), refs,
-                 fx.bottleneck_size, what, lambda: BottleneckExtractor(
-                     fx, config.bottleneck_batch_size))
+                 what, _Work(fx), config)
   truth = np.array(truth, np.int64)
   category = np.array(category)
   copies = config.copies()
@@ -93,12 +128,8 @@ def compute_bottlenecks(image_lists: images.ImageLists, fx: FeatureExtractor,
     for copy in range(1, copies + 1):
       tag = augmented_tag(fx.tag, distortions, random_seed, copy)
       filled = _fill(cache.BottleneckCache(config.bottleneck_dir, tag),
-                     train_refs, fx.bottleneck_size,
-                     f"Augmented copy {copy}/{copies}",
-                     lambda copy=copy: BottleneckExtractor(
-                         fx, config.bottleneck_batch_size,
-                         distortions=distortions, copy=copy,
-                         random_seed=random_seed))
+                     train_refs, f"Augmented copy {copy}/{copies}",
+                     _Work(fx, distortions, copy, random_seed), config)
       augmented += filled.computed
       rows = np.flatnonzero(filled.ok)
       parts.append(train.LabeledBottlenecks(

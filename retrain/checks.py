@@ -38,6 +38,7 @@ def check_config(config: RunConfig, hparams: HParams) -> None:
        config.bottleneck_batch_size > 0,
        f"--bottleneck_batch_size={config.bottleneck_batch_size}: must be "
        "positive")
+  _check_beam(config)
   need(config.max_in_memory_mb >= 0,
        f"--max_in_memory_mb={config.max_in_memory_mb}: must be 0 (auto) or "
        "positive")
@@ -132,3 +133,33 @@ def _check_writable(flag: str, folder: str) -> None:
   except OSError:
     raise UserError(f"--{flag}: cannot write in {probe}; choose a folder you "
                     "can write to")
+
+
+# --beam_runner values (Beam's runner names); beam_extract.RUNNERS, here
+# without importing Beam.
+BEAM_RUNNERS = ("DirectRunner", "DataflowRunner", "FlinkRunner",
+                "SparkRunner", "PortableRunner", "PrismRunner")
+
+
+def _check_beam(config: RunConfig) -> None:
+  """--beam_runner names a runner and Beam is installed; --beam_options
+  parses. Does not import Beam."""
+  if not config.beam_runner:
+    if config.beam_options:
+      raise UserError("--beam_options is given without --beam_runner; pass "
+                      "--beam_runner=DirectRunner (or another runner)")
+    return
+  if config.beam_runner not in BEAM_RUNNERS:
+    raise UserError(f"--beam_runner={config.beam_runner}: not a runner "
+                    f"retrain knows; use one of {', '.join(BEAM_RUNNERS)}")
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  if importlib.util.find_spec("apache_beam") is None:  # Not imported yet.
+    raise UserError(f"--beam_runner={config.beam_runner} needs Apache Beam: "
+                    "pip install 'retrain[beam]' (and 'retrain[gcp]' for "
+                    "Dataflow)")
+  import shlex  # pylint: disable=g-import-not-at-top
+  try:
+    shlex.split(config.beam_options)
+  except ValueError as e:
+    raise UserError(f"--beam_options={config.beam_options!r}: cannot be "
+                    f"split into options ({e})") from None

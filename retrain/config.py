@@ -84,6 +84,10 @@ class RunConfig(NamedTuple):
   bottleneck_batch_size: Optional[int] = None
   # Stop once every bottleneck is cached (pipeline.cache_bottlenecks).
   only_bottlenecks: bool = False
+  # Compute the missing bottlenecks with an Apache Beam pipeline on this
+  # runner ("": in this process); Beam's own options as one string.
+  beam_runner: str = ""
+  beam_options: str = ""
   # Distortions of training images, cached as augmented copies.
   flip_left_right: bool = False
   random_crop: int = 0

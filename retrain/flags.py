@@ -66,6 +66,18 @@ flags.DEFINE_bool("only_bottlenecks", _R.only_bottlenecks,
                   "Compute and cache the bottlenecks (and augmented copies) "
                   "of every image, then stop: no training, no outputs. A "
                   "later run trains from the cache.")
+flags.DEFINE_string("beam_runner", _R.beam_runner,
+                    "Compute the bottlenecks that are not cached yet (and "
+                    "augmented copies and fine-tuning cut activations) with "
+                    "an Apache Beam pipeline on this runner: DirectRunner, "
+                    "DataflowRunner, FlinkRunner, SparkRunner, "
+                    "PortableRunner, PrismRunner. Needs pip install "
+                    "'retrain[beam]'. Default: in this process.")
+flags.DEFINE_string("beam_options", _R.beam_options,
+                    "Beam pipeline options for --beam_runner, as one string, "
+                    "e.g. \"--direct_running_mode=multi_processing "
+                    "--direct_num_workers=2\" or \"--project=P --region=R "
+                    "--temp_location=gs://B/tmp --setup_file=./setup.py\".")
 flags.DEFINE_float("max_in_memory_mb", _R.max_in_memory_mb,
                    "Bottlenecks larger than this stay on disk (memory-"
                    "mapped from the cache index) during training; 0: a "
@@ -236,6 +248,7 @@ def to_config(f=FLAGS) -> Tuple[RunConfig, HParams, ModelOptions]:
                          if f["eval_step_interval"].present else 0),
       bottleneck_batch_size=f.bottleneck_batch_size,
       only_bottlenecks=f.only_bottlenecks,
+      beam_runner=f.beam_runner, beam_options=f.beam_options,
       max_in_memory_mb=f.max_in_memory_mb,
       flip_left_right=f.flip_left_right, random_crop=f.random_crop,
       random_scale=f.random_scale, random_brightness=f.random_brightness,

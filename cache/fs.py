@@ -1,0 +1,113 @@
+"""Where cache files live: the local disk, or any filesystem registered here.
+
+Local paths use the operating system directly (memory-mapped index, flock,
+rename). A path with a scheme ("gs://bucket/x", "s3://...", "ram://...")
+goes to the filesystem registered for it: this package has no TensorFlow,
+so `retrain.storage` registers one over `tf.io.gfile` that serves every
+scheme TensorFlow knows.
+
+Semantics every filesystem gives the cache:
+  write_atomic: a reader sees the old file or the complete new one, never a
+    partial one (local: temp file + rename in the same folder; object
+    stores: an object appears whole when its upload completes).
+  stat: (size in bytes, modification time in ns), the source fingerprint.
+"""
+
+import os
+from typing import Callable, Iterator, List, Optional, Tuple
+
+from cache import atomic
+
+
+class FileSystem:
+  """The file operations the cache and the tool need. Local by default."""
+
+  local = True
+
+  def read_bytes(self, path: str) -> bytes:
+    with open(path, "rb") as f:
+      return f.read()
+
+  def write_atomic(self, path: str, data: bytes, fsync: bool = False) -> None:
+    atomic.atomic_write_bytes(path, data, fsync=fsync)
+
+  def stat(self, path: str) -> Tuple[int, int]:
+    st = os.stat(path)
+    return st.st_size, st.st_mtime_ns
+
+  def exists(self, path: str) -> bool:
+    return os.path.exists(path)
+
+  def isdir(self, path: str) -> bool:
+    return os.path.isdir(path)
+
+  def listdir(self, path: str) -> List[str]:
+    return os.listdir(path)
+
+  def makedirs(self, path: str) -> None:
+    os.makedirs(path, exist_ok=True)
+
+  def remove(self, path: str) -> None:
+    os.remove(path)
+
+  def walk(self, top: str) -> Iterator[Tuple[str, List[str], List[str]]]:
+    """os.walk: (folder, sub-folders, files); sub-folders may be pruned."""
+    return os.walk(top)
+
+  def download(self, path: str, local_path: str) -> None:
+    """Copies a file of this filesystem to a local file."""
+    raise NotImplementedError
+
+  def upload(self, local_path: str, path: str) -> None:
+    """Copies a local file here, replacing `path` whole (see write_atomic)."""
+    raise NotImplementedError
+
+
+LOCAL = FileSystem()
+
+# (scheme test, filesystem), consulted newest first.
+_REGISTERED: List[Tuple[Callable[[str], bool], FileSystem]] = []
+
+
+def has_scheme(path: str) -> bool:
+  """True for "scheme://..." paths (not local)."""
+  head, sep, _ = path.partition("://")
+  return bool(sep) and head.replace("+", "").replace("-", "").isalnum()
+
+
+def register(handles: Callable[[str], bool], fs: FileSystem) -> None:
+  """Serves paths for which handles(path) is true with `fs`."""
+  _REGISTERED.insert(0, (handles, fs))
+
+
+class NoFileSystemError(OSError):
+  """A path with a scheme that no registered filesystem serves."""
+
+
+def for_path(path: str) -> FileSystem:
+  """The filesystem of `path`: local unless it has a scheme."""
+  if not has_scheme(path):
+    return LOCAL
+  for handles, fs in _REGISTERED:
+    if handles(path):
+      return fs
+  raise NoFileSystemError(f"{path}: no filesystem serves this scheme here")
+
+
+def join(folder: str, *parts: str) -> str:
+  """os.path.join for local folders; '/'-joined for URLs."""
+  if has_scheme(folder):
+    return "/".join([folder.rstrip("/")] + [p.strip("/") for p in parts])
+  return os.path.join(folder, *parts)
+
+
+def dirname(path: str) -> str:
+  if has_scheme(path):
+    head, _, _ = path.rstrip("/").rpartition("/")
+    return head
+  return os.path.dirname(path)
+
+
+def local_copy_dir() -> Optional[str]:
+  """Where downloaded cache files (remote indexes) are kept while mapped."""
+  return os.environ.get("RETRAIN_LOCAL_TMP") or None

@@ -80,7 +80,16 @@ def register(handles: Callable[[str], bool], fs: FileSystem) -> None:
   _REGISTERED.insert(0, (handles, fs))
 
 
-class NoFileSystemError(OSError):
+class StorageError(OSError):
+  """A filesystem call on `path` failed; str() is one line naming it."""
+
+  def __init__(self, path: str, why: str):
+    super().__init__(f"{path}: {why}")
+    self.path = path
+    self.strerror = why
+
+
+class NoFileSystemError(StorageError):
   """A path with a scheme that no registered filesystem serves."""
 
 
@@ -91,7 +100,7 @@ def for_path(path: str) -> FileSystem:
   for handles, fs in _REGISTERED:
     if handles(path):
       return fs
-  raise NoFileSystemError(f"{path}: no filesystem serves this scheme here")
+  raise NoFileSystemError(path, "no filesystem serves this scheme here")
 
 
 def join(folder: str, *parts: str) -> str:
@@ -111,3 +120,44 @@ def dirname(path: str) -> str:
 def local_copy_dir() -> Optional[str]:
   """Where downloaded cache files (remote indexes) are kept while mapped."""
   return os.environ.get("RETRAIN_LOCAL_TMP") or None
+
+
+# The operations on whatever filesystem serves the path.
+
+def read_bytes(path: str) -> bytes:
+  return for_path(path).read_bytes(path)
+
+
+def write_atomic(path: str, data: bytes, fsync: bool = False) -> None:
+  """The file at `path` becomes `data` whole, or stays as it was."""
+  for_path(path).write_atomic(path, data, fsync=fsync)
+
+
+def write_text(path: str, text: str, fsync: bool = False) -> None:
+  write_atomic(path, text.encode("utf-8"), fsync=fsync)
+
+
+def exists(path: str) -> bool:
+  return for_path(path).exists(path)
+
+
+def isdir(path: str) -> bool:
+  return for_path(path).isdir(path)
+
+
+def isfile(path: str) -> bool:
+  store = for_path(path)
+  return store.exists(path) and not store.isdir(path)
+
+
+def listdir(path: str) -> List[str]:
+  return for_path(path).listdir(path)
+
+
+def makedirs(path: str) -> None:
+  for_path(path).makedirs(path)
+
+
+def abspath(path: str) -> str:
+  """os.path.abspath for local paths; URLs as they are."""
+  return path if has_scheme(path) else os.path.abspath(path)

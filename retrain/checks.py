@@ -7,14 +7,25 @@ work, and every output folder that cannot be written, is caught here.
 import os
 import re
 import tempfile
+import uuid
 
-from retrain import export, train
+from cache import fs
+from retrain import export, storage, train
 from retrain.config import HParams, RunConfig
 from retrain.errors import UserError
 
 
 def check_config(config: RunConfig, hparams: HParams) -> None:
-  """Raises UserError for a flag value that cannot work. Writes nothing."""
+  """Raises UserError for a flag value that cannot work. Writes nothing
+  (locally; on a remote filesystem, a hidden probe file is written and
+  removed to learn that the output folders can be written)."""
+  try:
+    _check_config(config, hparams)
+  except fs.StorageError as e:  # A remote folder that cannot be reached.
+    raise UserError(str(e)) from None
+
+
+def _check_config(config: RunConfig, hparams: HParams) -> None:
   def need(ok: bool, message: str) -> None:
     if not ok:
       raise UserError(message)
@@ -52,9 +63,9 @@ def check_config(config: RunConfig, hparams: HParams) -> None:
   for flag in ("output_graph", "output_labels"):
     path = getattr(config, flag)
     need(bool(path), f"--{flag} must not be empty")
-    need(not os.path.isdir(path),
+    need(not fs.isdir(path),
          f"--{flag}={path} is a folder; pass a file path")
-    _check_writable(flag, os.path.dirname(os.path.abspath(path)))
+    _check_writable(flag, fs.dirname(fs.abspath(path)))
   folders = [("bottleneck_dir", config.bottleneck_dir)]
   if config.summaries_dir:
     folders.append(("summaries_dir", config.summaries_dir))
@@ -63,7 +74,7 @@ def check_config(config: RunConfig, hparams: HParams) -> None:
                     config.intermediate_output_graphs_dir))
   if config.checkpoint_path:
     folders.append(("checkpoint_path",
-                    os.path.dirname(os.path.abspath(config.checkpoint_path))))
+                    fs.dirname(fs.abspath(config.checkpoint_path))))
   for flag, folder in folders:
     need(bool(folder), f"--{flag} must not be empty")
     _check_writable(flag, folder)
@@ -103,24 +114,33 @@ def check_config(config: RunConfig, hparams: HParams) -> None:
        f"--tflite_quantize={config.tflite_quantize} needs --tflite_output="
        "PATH.tflite")
   if config.tflite_output:
-    need(not os.path.isdir(config.tflite_output),
+    need(not fs.isdir(config.tflite_output),
          f"--tflite_output={config.tflite_output} is a folder; pass a file "
          "path")
     _check_writable("tflite_output",
-                    os.path.dirname(os.path.abspath(config.tflite_output)))
+                    fs.dirname(fs.abspath(config.tflite_output)))
   if config.saved_model_dir:
     d = config.saved_model_dir
-    need(not os.path.isfile(d), f"--saved_model_dir={d} is a file; pass a "
+    need(not fs.isfile(d), f"--saved_model_dir={d} is a file; pass a "
          "folder path")
-    need(not os.path.isdir(d) or not os.listdir(d) or
+    need(not fs.isdir(d) or not fs.listdir(d) or
          export.is_saved_model_dir(d),
          f"--saved_model_dir={d} exists and holds something other than a "
          "SavedModel; pass a new or empty folder")
-    _check_writable("saved_model_dir", os.path.dirname(os.path.abspath(d)))
+    _check_writable("saved_model_dir", fs.dirname(fs.abspath(d)))
 
 
 def _check_writable(flag: str, folder: str) -> None:
-  """The folder, or its nearest existing ancestor, must be a writable folder."""
+  """The folder, or its nearest existing ancestor, must be a writable folder.
+  On a remote filesystem: a hidden probe file can be written there."""
+  if fs.has_scheme(folder):
+    probe = fs.join(folder, f".retrain-write-probe-{uuid.uuid4().hex}")
+    try:
+      fs.write_atomic(probe, b"")
+      fs.for_path(probe).remove(probe)
+    except fs.StorageError as e:
+      raise storage.user_error(flag, folder, e) from None
+    return
   probe = os.path.abspath(folder)
   while not os.path.exists(probe):
     probe = os.path.dirname(probe)

@@ -8,6 +8,7 @@ from typing import Callable, Iterator
 
 from absl import app, flags, logging
 
+from cache.fs import StorageError
 from retrain.errors import UserError
 
 # TF_CPP_MIN_LOG_LEVEL value that asks for TensorFlow's own notes.
@@ -74,6 +75,10 @@ def run_main(main: Callable[[], int], program: str) -> int:
   except UserError as e:
     sys.stderr.write(f"{program}: error: {e}\n")
     return 2
+  except StorageError as e:  # gs://, s3://, ... failing during the run.
+    sys.stderr.write(f"{program}: error: {e}; completed outputs and cache "
+                     "files are intact, run again to continue\n")
+    return 1
   except KeyboardInterrupt:
     sys.stderr.write(f"{program}: interrupted; completed outputs and cache "
                      "files are intact\n")

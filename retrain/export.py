@@ -28,7 +28,7 @@ import tensorflow as tf
 
 from google.protobuf import message as pb_message
 
-from cache.atomic import atomic_write_bytes, atomic_write_text
+from cache import fs
 from retrain import model as model_module
 from retrain import preprocess, safety
 from retrain.metadata import SAVED_MODEL_METADATA, metadata_path, relative_to
@@ -189,18 +189,17 @@ def cached_inference_graph_template(fx: FeatureExtractor,
       h.update(f.read())
   with open(__file__, "rb") as f:
     h.update(f.read())
-  path = os.path.join(cache_dir, MODULE_CACHE,
-                      f"{fx.tag}.{h.hexdigest()[:12]}.export.pb")
+  path = fs.join(cache_dir, MODULE_CACHE,
+                 f"{fx.tag}.{h.hexdigest()[:12]}.export.pb")
   try:
-    with open(path, "rb") as f:
-      graph_def = tf1.GraphDef.FromString(f.read())
+    graph_def = tf1.GraphDef.FromString(fs.read_bytes(path))
     if not safety.find_unsafe_ops(graph_def) and graph_def.node:
       return graph_def
   except (OSError, ValueError, pb_message.DecodeError):
     pass
   graph_def = inference_graph_template(fx, final_tensor_name)
   try:
-    atomic_write_bytes(path, graph_def.SerializeToString())
+    fs.write_atomic(path, graph_def.SerializeToString())
   except OSError:
     pass  # Only costs time on the next run.
   return graph_def
@@ -331,9 +330,9 @@ def write_tflite(path: str, flatbuffer: bytes, labels: Sequence[str],
                  metadata: Dict[str, object]) -> None:
   """The .tflite file, its labels (<stem>.labels.txt) and JSON (<stem>.json)."""
   labels_path = os.path.splitext(path)[0] + ".labels.txt"
-  atomic_write_bytes(path, flatbuffer, fsync=True)
+  fs.write_atomic(path, flatbuffer, fsync=True)
   write_labels(labels_path, labels)
-  atomic_write_text(
+  fs.write_text(
       metadata_path(path),
       json.dumps(dict(metadata, format=METADATA_FORMAT, export="tflite",
                       tflite=os.path.basename(path),
@@ -416,19 +415,19 @@ def write_frozen_graph(path: str, graph_def: tf1.GraphDef,
 
   `labels_path` (the labels file) is recorded relative to the JSON file.
   """
-  atomic_write_bytes(path, graph_def.SerializeToString(), fsync=True)
+  fs.write_atomic(path, graph_def.SerializeToString(), fsync=True)
   meta = dict(metadata, format=METADATA_FORMAT, export="frozen_graph",
               graph=os.path.basename(path))
   if labels_path:
     meta["labels"] = relative_to(labels_path, metadata_path(path))
-  atomic_write_text(metadata_path(path),
+  fs.write_text(metadata_path(path),
                     json.dumps(meta, indent=2, sort_keys=True) + "\n",
                     fsync=True)
 
 
 def write_labels(path: str, labels: Sequence[str]) -> None:
   """One label per line, in output index order."""
-  atomic_write_text(path, "".join(label + "\n" for label in labels),
+  fs.write_text(path, "".join(label + "\n" for label in labels),
                     fsync=True)
 
 
@@ -445,11 +444,15 @@ def write_saved_model(export_dir: str, graph_def: tf1.GraphDef,
     serving_images: image (float32 [batch, H, W, 3] in [0, 255]) -> the same.
   Beside saved_model.pb: labels.txt and retrain.json (its description).
   """
-  export_dir = os.path.abspath(export_dir.rstrip("/") or "/")
-  parent = os.path.dirname(export_dir)
-  os.makedirs(parent, exist_ok=True)
-  staging = tempfile.mkdtemp(dir=parent,
-                             prefix="." + os.path.basename(export_dir) + ".")
+  remote = fs.has_scheme(export_dir)
+  export_dir = fs.abspath(export_dir.rstrip("/") or "/")
+  if remote:  # Built locally, then uploaded (see _upload_dir).
+    staging = tempfile.mkdtemp(prefix="retrain_saved_model.")
+  else:
+    parent = os.path.dirname(export_dir)
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(dir=parent,
+                               prefix="." + os.path.basename(export_dir) + ".")
   try:
     target = os.path.join(staging, "model")
     graph = tf.Graph()
@@ -475,7 +478,7 @@ def write_saved_model(export_dir: str, graph_def: tf1.GraphDef,
             strip_default_attrs=True)
         builder.save()
     write_labels(os.path.join(target, SAVED_MODEL_LABELS), labels)
-    atomic_write_text(
+    fs.write_text(
         os.path.join(target, SAVED_MODEL_METADATA),
         json.dumps(dict(metadata or {}, format=METADATA_FORMAT,
                         export="saved_model",
@@ -491,9 +494,37 @@ def write_saved_model(export_dir: str, graph_def: tf1.GraphDef,
                                 "outputs": ["probabilities", "label",
                                             "class_index"]}}),
                    indent=2, sort_keys=True) + "\n")
-    _replace_dir(target, export_dir)
+    if remote:
+      _upload_dir(target, export_dir)
+    else:
+      _replace_dir(target, export_dir)
   finally:
     shutil.rmtree(staging, ignore_errors=True)
+
+
+# Uploaded last, in this order: a reader that finds saved_model.pb finds
+# the variables it needs.
+_UPLOAD_LAST = (SAVED_MODEL_METADATA, "saved_model.pb")
+
+
+def _upload_dir(local: str, dest: str) -> None:
+  """Copies the local folder to a remote one, file by file (each whole),
+  saved_model.pb last; then removes the files an older model left there."""
+  names = sorted(os.path.relpath(os.path.join(root, f), local)
+                 for root, _, files in os.walk(local) for f in files)
+  names.sort(key=lambda n: (n in _UPLOAD_LAST, _UPLOAD_LAST.index(n)
+                            if n in _UPLOAD_LAST else 0, n))
+  store = fs.for_path(dest)
+  for name in names:
+    store.upload(os.path.join(local, name),
+                 fs.join(dest, *name.split(os.sep)))
+  keep = {n.replace(os.sep, "/") for n in names}
+  for top, _, files in list(store.walk(dest)):
+    rel = top[len(dest):].strip("/")
+    for f in files:
+      name = f"{rel}/{f}" if rel else f
+      if name not in keep and not f.startswith("."):
+        store.remove(fs.join(top, f))
 
 
 def _replace_dir(new: str, dest: str) -> None:
@@ -514,5 +545,5 @@ def _replace_dir(new: str, dest: str) -> None:
 
 
 def is_saved_model_dir(path: str) -> bool:
-  return any(os.path.isfile(os.path.join(path, f))
+  return any(fs.isfile(fs.join(path, f))
              for f in ("saved_model.pb", "saved_model.pbtxt"))

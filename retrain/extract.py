@@ -13,6 +13,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from cache import fs
 from retrain import imageinfo, preprocess
 from retrain.errors import UserError
 from retrain.model import FeatureExtractor, build_bottleneck
@@ -86,8 +87,7 @@ class ImageDecoder:
              ) -> Tuple[Optional[np.ndarray], Optional[str]]:
     """decode_bytes of a file's contents (or why it cannot be read)."""
     try:
-      with open(path, "rb") as f:
-        data = f.read()
+      data = fs.read_bytes(path)
     except OSError as e:
       return None, f"cannot read it ({e.strerror})"
     return self.decode_bytes(data, seed)

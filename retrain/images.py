@@ -6,6 +6,9 @@ Layout: every sub-folder of the image folder is a class. Images anywhere below
 a class folder (nested sub-folders included) belong to that class. Hidden files
 and folders (names starting with '.') are ignored, and so are files at the top
 level of the image folder.
+
+The folder may be local or on any filesystem cache.fs serves (gs://, s3://,
+ram://, ... once retrain.storage is imported).
 """
 
 import dataclasses
@@ -14,6 +17,7 @@ import os
 import re
 from typing import Dict, List, Sequence, Tuple
 
+from cache import fs
 from retrain.errors import UserError
 
 # File name endings read as images, compared case-insensitively.
@@ -62,8 +66,8 @@ class ImageLists:
 
   def path(self, class_images: ClassImages, relpath: str) -> str:
     """The file path of one image."""
-    return os.path.join(self.image_dir, class_images.dir_name,
-                        *relpath.split("/"))
+    return fs.join(self.image_dir, class_images.dir_name,
+                   *relpath.split("/"))
 
 
 def label_for_dir(dir_name: str) -> str:
@@ -117,16 +121,19 @@ def find_class_images(class_dir: str) -> List[str]:
   folders, and lists every file once.
   """
   found = []
-  for root, dirs, files in os.walk(class_dir):
+  store = fs.for_path(class_dir)
+  for root, dirs, files in store.walk(class_dir):
     dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-    rel_root = os.path.relpath(root, class_dir)
+    if store.local:
+      rel_root = os.path.relpath(root, class_dir).replace(os.sep, "/")
+    else:
+      rel_root = root[len(class_dir.rstrip("/")):].strip("/") or "."
     for name in files:
       if not is_image_name(name):
         continue
-      if not os.path.isfile(os.path.join(root, name)):
+      if store.local and not os.path.isfile(os.path.join(root, name)):
         continue
-      rel = name if rel_root == "." else os.path.join(rel_root, name)
-      found.append(rel.replace(os.sep, "/"))
+      found.append(name if rel_root == "." else f"{rel_root}/{name}")
   return sorted(found)
 
 
@@ -150,16 +157,22 @@ def list_images(image_dir: str, testing_percentage: float,
   if not image_dir:
     raise UserError("--image_dir is required: pass a folder with one "
                     "sub-folder of images per class")
-  if not os.path.isdir(image_dir):
+  try:
+    return _list_images(image_dir, testing_percentage, validation_percentage)
+  except OSError as e:  # A storage service failing midway, or no access.
+    raise UserError(f"--image_dir={image_dir}: cannot read it "
+                    f"({e.strerror or e})") from None
+
+
+def _list_images(image_dir: str, testing_percentage: float,
+                 validation_percentage: float) -> ImageLists:
+  if not fs.isdir(image_dir):
     raise UserError(f"--image_dir={image_dir}: no such folder; pass a folder "
                     "with one sub-folder of images per class")
   warnings = []
-  try:
-    entries = sorted(os.listdir(image_dir))
-  except OSError as e:
-    raise UserError(f"--image_dir={image_dir}: cannot read it ({e.strerror})")
-  stray = [e for e in entries if not e.startswith(".") and
-           not os.path.isdir(os.path.join(image_dir, e))]
+  entries = sorted(fs.listdir(image_dir))
+  folders = {e for e in entries if fs.isdir(fs.join(image_dir, e))}
+  stray = [e for e in entries if not e.startswith(".") and e not in folders]
   if stray:
     warnings.append(
         f"ignoring {len(stray)} file(s) at the top level of {image_dir} "
@@ -168,8 +181,8 @@ def list_images(image_dir: str, testing_percentage: float,
   classes = []
   seen_labels: Dict[str, str] = {}
   for dir_name in entries:
-    class_dir = os.path.join(image_dir, dir_name)
-    if dir_name.startswith(".") or not os.path.isdir(class_dir):
+    class_dir = fs.join(image_dir, dir_name)
+    if dir_name.startswith(".") or dir_name not in folders:
       continue
     relpaths = find_class_images(class_dir)
     if not relpaths:

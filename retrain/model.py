@@ -17,7 +17,7 @@ import numpy as np
 import tensorflow as tf
 from google.protobuf import message as pb_message
 
-from cache.atomic import atomic_write_bytes
+from cache import fs
 from cache.naming import model_tag
 from retrain import preprocess, safety
 from retrain.config import ModelOptions
@@ -154,11 +154,13 @@ def _node_name(tensor: str) -> str:
 
 
 def _read_graph_def(path: str) -> tf1.GraphDef:
-  if not os.path.isfile(path):
-    raise UserError(f"--graph={path}: no such file; pass a frozen GraphDef "
-                    "(.pb) file")
-  with open(path, "rb") as f:
-    data = f.read()
+  try:
+    if not fs.isfile(path):
+      raise UserError(f"--graph={path}: no such file; pass a frozen GraphDef "
+                      "(.pb) file")
+    data = fs.read_bytes(path)
+  except fs.StorageError as e:
+    raise UserError(f"--graph={path}: {e.strerror}") from None
   graph_def = tf1.GraphDef()
   try:
     graph_def.ParseFromString(data)
@@ -281,9 +283,12 @@ def _files_digest(files: Sequence[str]) -> str:
   h = hashlib.sha1()
   for path in files:
     file_hash = hashlib.sha1()
-    with open(path, "rb") as f:
-      for chunk in iter(lambda: f.read(1 << 20), b""):
-        file_hash.update(chunk)
+    if fs.has_scheme(path):
+      file_hash.update(fs.read_bytes(path))
+    else:
+      with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+          file_hash.update(chunk)
     h.update(file_hash.digest())
   return h.hexdigest()
 
@@ -452,18 +457,16 @@ def _frozen_module_paths(cache_dir: str, files_digest: str,
   key = hashlib.sha1(json.dumps(
       [_FREEZE_VERSION, files_digest, list(options.input_size or [])]
   ).encode()).hexdigest()[:16]
-  stem = os.path.join(cache_dir, MODULE_CACHE, key)
+  stem = fs.join(cache_dir, MODULE_CACHE, key)
   return stem + ".pb", stem + ".json"
 
 
 def _read_frozen_module(paths: Tuple[str, str]) -> Optional[Tuple]:
   """(graph_def, input tensor, bottleneck tensor, size) or None."""
   try:
-    with open(paths[1]) as f:
-      meta = json.load(f)
+    meta = json.loads(fs.read_bytes(paths[1]))
     graph_def = tf1.GraphDef()
-    with open(paths[0], "rb") as f:
-      graph_def.ParseFromString(f.read())
+    graph_def.ParseFromString(fs.read_bytes(paths[0]))
     return (graph_def, meta["input_tensor"], meta["bottleneck_tensor"],
             tuple(meta["input_size"]))
   except (OSError, ValueError, KeyError, TypeError, pb_message.DecodeError):
@@ -475,8 +478,8 @@ def _write_frozen_module(paths: Tuple[str, str], graph_def: tf1.GraphDef,
                          size: Tuple[int, int]) -> None:
   """Keeps the frozen module for later runs; a failure only costs time."""
   try:
-    atomic_write_bytes(paths[0], graph_def.SerializeToString())
-    atomic_write_bytes(paths[1], json.dumps(dict(
+    fs.write_atomic(paths[0], graph_def.SerializeToString())
+    fs.write_atomic(paths[1], json.dumps(dict(
         input_tensor=input_tensor, bottleneck_tensor=bottleneck,
         input_size=list(size))).encode())
   except OSError:

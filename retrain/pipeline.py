@@ -19,8 +19,10 @@ import tensorflow as tf
 from absl import logging
 
 import cache
+from cache import fs
 from retrain import (bottlenecks, export, finetune, finetune_graph, images,
                      report, report_html, train)
+from retrain import storage  # pylint: disable=unused-import  (gs://, ram://)
 from retrain.checks import check_config
 from retrain.config import HParams, ModelOptions, RunConfig
 from retrain.errors import UserError
@@ -404,7 +406,7 @@ def write_reports(inputs: Inputs, data: Bottlenecks, layer: TrainedLayer,
   both stages' validation and test accuracy, steps and time."""
   if evaluation is None:
     return []
-  folder = os.path.dirname(os.path.abspath(config.output_graph))
+  folder = fs.dirname(fs.abspath(config.output_graph))
   if tuned is not None:
     evaluation = dict(evaluation, stages=_stages(layer, tuned))
   written = report.write_reports(folder, evaluation)
@@ -457,7 +459,7 @@ def export_model(inputs: Inputs, data: Bottlenecks, final: FinalModel,
                             labels_path=config.output_labels)
   export.write_labels(config.output_labels, labels)
   skipped_path = os.path.splitext(config.output_graph)[0] + ".skipped.txt"
-  cache.atomic_write_text(skipped_path, "".join(
+  fs.write_text(skipped_path, "".join(
       f"{p}\t{r}\n" for p, r in data.filled.failures))
   outputs = [config.output_graph, export.metadata_path(config.output_graph),
              config.output_labels, skipped_path]

@@ -9,7 +9,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from cache.atomic import atomic_write_bytes, atomic_write_text
+from cache import fs
 
 
 def confusion_matrix(truth: np.ndarray, predicted: np.ndarray,
@@ -123,15 +123,15 @@ def confusion_image(matrix: np.ndarray, cell: int = 24) -> np.ndarray:
 
 def write_reports(folder: str, report: Dict[str, object]) -> List[str]:
   """report.json, report.txt and (with matplotlib) confusion_matrix.png."""
-  json_path = os.path.join(folder, "report.json")
-  text_path = os.path.join(folder, "report.txt")
-  atomic_write_text(json_path, json.dumps(report, indent=2) + "\n")
-  atomic_write_text(text_path, format_report(report))
+  json_path = fs.join(folder, "report.json")
+  text_path = fs.join(folder, "report.txt")
+  fs.write_text(json_path, json.dumps(report, indent=2) + "\n")
+  fs.write_text(text_path, format_report(report))
   written = [json_path, text_path]
   png = _confusion_png(report)
   if png is not None:
-    path = os.path.join(folder, "confusion_matrix.png")
-    atomic_write_bytes(path, png)
+    path = fs.join(folder, "confusion_matrix.png")
+    fs.write_atomic(path, png)
     written.append(path)
   return written
 

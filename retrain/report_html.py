@@ -13,7 +13,7 @@ import html
 import os
 from typing import Dict, Mapping, NamedTuple, Optional, Sequence
 
-from cache.atomic import atomic_write_text
+from cache import fs
 
 REPORT_HTML = "report.html"
 
@@ -50,8 +50,7 @@ def thumbnails(paths: Sequence[str], size: int = THUMBNAIL_SIZE
   out = {}
   for path in paths:
     try:
-      with open(path, "rb") as f:
-        data = f.read()
+      data = fs.read_bytes(path)
       image = tf.io.decode_image(data, channels=3, expand_animations=False)
       h, w = int(image.shape[0]), int(image.shape[1])
       scale = min(1.0, size / max(h, w))
@@ -273,8 +272,8 @@ def write_html(folder: str, evaluation: Mapping, curves: Sequence[Curve],
   """Writes report.html (atomically) into `folder`; returns its path."""
   shown = _worst_first(evaluation)[:MAX_GALLERY]
   thumbs = thumbnails([r["image"] for r in shown if r.get("image")])
-  path = os.path.join(folder, REPORT_HTML)
-  atomic_write_text(path, render(evaluation, curves, thumbs, facts))
+  path = fs.join(folder, REPORT_HTML)
+  fs.write_text(path, render(evaluation, curves, thumbs, facts))
   return path
 
 

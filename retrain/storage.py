@@ -84,16 +84,25 @@ class GFileFileSystem(fs.FileSystem):
       gfile.remove(path)
 
   def walk(self, top: str) -> Iterator[Tuple[str, List[str], List[str]]]:
-    # Top-down by hand, so that callers can prune sub-folders as os.walk's.
+    """Top-down, so that callers can prune sub-folders as os.walk's. Object
+    stores mark folders with a trailing "/" and a name with an image
+    extension is taken for a file, so that listing a bucket does not cost a
+    request per file; other names are asked about."""
+    from retrain.images import is_image_name  # pylint: disable=g-import-not-at-top
     folders = [top.rstrip("/")]
     while folders:
       folder = folders.pop(0)
       dirs, files = [], []
-      for name in self.listdir(folder):
-        if self.isdir(posixpath.join(folder, name)):
-          dirs.append(name)
-        else:
+      with _os_errors(folder):
+        names = sorted(gfile.listdir(folder))
+      for name in names:
+        if name.endswith("/"):
+          dirs.append(name.rstrip("/"))
+        elif is_image_name(name) or not self.isdir(
+            posixpath.join(folder, name)):
           files.append(name)
+        else:
+          dirs.append(name)
       yield folder, dirs, files
       folders[:0] = [posixpath.join(folder, d) for d in dirs]
 
@@ -126,13 +135,11 @@ class _os_errors:  # pylint: disable=invalid-name
     return False
 
 
-class RemoteError(OSError):
+class RemoteError(fs.StorageError):
   """A TensorFlow filesystem error on `path`, with a one-line reason."""
 
   def __init__(self, path: str, error: tf.errors.OpError):
-    super().__init__(explain(path, error))
-    self.path = path
-    self.strerror = explain(path, error, with_path=False)
+    super().__init__(path, explain(path, error, with_path=False))
 
 
 def explain(path: str, error: BaseException, with_path: bool = True) -> str:
@@ -166,7 +173,7 @@ def explain(path: str, error: BaseException, with_path: bool = True) -> str:
 
 def user_error(flag: str, path: str, error: BaseException) -> UserError:
   """A UserError naming the flag and the path, for a failed storage call."""
-  if isinstance(error, RemoteError):
+  if isinstance(error, fs.StorageError):
     return UserError(f"--{flag}={path}: {error.strerror}")
   if isinstance(error, OSError) and not fs.has_scheme(path):
     return UserError(f"--{flag}={path}: {error.strerror or error}")

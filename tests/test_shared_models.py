@@ -294,7 +294,12 @@ def test_fine_tuned_run_exports_and_is_not_worse_than_head_only(shared,
         f"{stage.result.baseline_validation_accuracy:.3f} -> "
         f"{stage.result.best_validation_accuracy:.3f}, exported "
         f"{stage.result.improved}")
-  assert stage.result.improved  # Measured: validation 77.6% -> 81.6%.
+  # On 500 photos stage 2 does not beat stage 1 by more than chance
+  # (finetune.SIGNIFICANCE; 0 of 5 folds in benchmarks/fine_tune.py), so
+  # stage 1's model is exported: what the exports must then carry. (The
+  # fine-tuned weights' export parity: test_finetune.py.)
+  assert tuned.model["source"].endswith("(fine-tuned)") == (
+      stage.result.improved)
   # Every photo's cut activations, and one augmented copy's per training
   # photo (the training set holds originals and copies).
   assert len(stage.cut.layers) == 2

@@ -167,6 +167,11 @@ def list_images(image_dir: str, testing_percentage: float,
 def _list_images(image_dir: str, testing_percentage: float,
                  validation_percentage: float) -> ImageLists:
   if not fs.isdir(image_dir):
+    if fs.has_scheme(image_dir):
+      raise UserError(f"--image_dir={image_dir}: not found; check the path, "
+                      "that the bucket exists, and that this machine can "
+                      "reach the service and has credentials (offline, "
+                      "object stores say 'not found' too)")
     raise UserError(f"--image_dir={image_dir}: no such folder; pass a folder "
                     "with one sub-folder of images per class")
   warnings = []

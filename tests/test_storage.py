@@ -116,6 +116,18 @@ def test_an_unreachable_bucket_is_one_line_naming_the_flag(tmp_path):
   assert "Traceback" not in proc.stderr
 
 
+def test_an_unreachable_image_folder_says_what_to_check(tmp_path):
+  proc = helpers.run_cli(["--image_dir=gs://retrain-no-such-bucket/photos",
+                          f"--bottleneck_dir={tmp_path / 'b'}",
+                          f"--output_graph={tmp_path / 'g.pb'}",
+                          f"--output_labels={tmp_path / 'l.txt'}"],
+                         timeout=300)
+  assert proc.returncode == 2, proc.stderr
+  lines = proc.stderr.strip().splitlines()
+  assert len(lines) == 1 and "gs://retrain-no-such-bucket/photos" in lines[0]
+  assert "credentials" in lines[0] and "reach" in lines[0]
+
+
 def test_unknown_scheme_is_a_user_error(tmp_path):
   with pytest.raises(UserError, match="nosuch://x"):
     pipeline.run(helpers.run_config(tmp_path, "nosuch://x/photos"),

@@ -28,7 +28,10 @@ setup(
     extras_require={
         "plots": ["matplotlib"],
         "litert": ["ai-edge-litert", "pillow"],
-        "test": ["pytest", "pillow", "matplotlib", "ai-edge-litert"],
+        "beam": ["apache-beam>=2.77"],
+        "gcp": ["apache-beam[gcp]>=2.77"],
+        "test": ["pytest", "pillow", "matplotlib", "ai-edge-litert",
+                 "apache-beam>=2.77"],
     },
     entry_points={
         "console_scripts": [

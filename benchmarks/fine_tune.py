@@ -170,7 +170,7 @@ def _bytes_per_image(cache_dir: str, tag: str) -> float:
 def run_keras(model_name: str, dataset: str) -> dict:
   """Seconds per epoch of the Keras recipe on fold 0's training images."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from retrain import cli, images  # pylint: disable=g-import-not-at-top
+  from retrain import cli  # pylint: disable=g-import-not-at-top
   cli.quiet_tensorflow()
   lists = fold_lists(_dataset(dataset), 0, FLAGS.folds)
   paths, labels = [], []

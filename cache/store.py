@@ -1,7 +1,6 @@
 """Reading bottlenecks from the cache and computing the missing ones."""
 
 import dataclasses
-import os
 from typing import Callable, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np

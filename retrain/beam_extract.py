@@ -173,7 +173,6 @@ class _Decode(beam.DoFn):
     _, ref = item
     try:
       fingerprint = cache.SourceFingerprint.of(ref.path)
-      data = fs.for_path(ref.path).read_bytes(ref.path)
     except OSError as e:
       yield beam.pvalue.TaggedOutput(_FAILED, (ref.path,
                                                f"cannot read it ({e.strerror})"))
@@ -184,7 +183,7 @@ class _Decode(beam.DoFn):
     seed = (augmentation_seed(self.job.random_seed,
                               f"{ref.class_dir}/{ref.relpath}", self.job.copy)
             if self.job.distortions else (0, 0))
-    image, error = self.decoder.decode_bytes(data, seed)
+    image, error = self.decoder.decode(ref.path, seed)
     if image is None:
       yield beam.pvalue.TaggedOutput(_FAILED, (ref.path, error))
     else:
@@ -253,20 +252,13 @@ def pipeline_options(runner: str, options: str) -> PipelineOptions:
   return PipelineOptions(args + [f"--runner={runner}"])
 
 
-@dataclasses.dataclass
-class Outcome:
-  """What a pipeline did for the images it was given."""
-  failures: Dict[str, str]  # Image path -> why it cannot be used.
-  computed: int
-  cached: int  # Skipped by the workers: a valid sidecar existed.
-
-
 def compute(refs: Sequence[cache.ImageRef], fx, tag: str, root: str,
             runner: str,
             options: str, batch_size: int, distortions=None, copy: int = 0,
-            random_seed: int = 0) -> Outcome:
+            random_seed: int = 0) -> Dict[str, str]:
   """Runs the pipeline over `refs`; their sidecars are then in the cache
-  (or their failures in the Outcome). `tag`: the cache tag to write (the
+  (or, for images that cannot be used, why: the dict returned, image path
+  -> reason). `tag`: the cache tag to write (the
   model's, or an augmented copy's)."""
   run = fs.join(root, ".beam", f"{tag}-{uuid.uuid4().hex[:12]}")
   store = fs.for_path(run)
@@ -303,28 +295,9 @@ def compute(refs: Sequence[cache.ImageRef], fx, tag: str, root: str,
         path, reason = json.loads(store.read_bytes(
             fs.join(failures_dir, name)))
         failures[path] = reason
-    counters = _counters(result)
   finally:
     _remove_tree(run)
-  return Outcome(failures, counters.get("computed", -1),
-                 counters.get("cached", -1))
-
-
-def _counters(result) -> Dict[str, int]:
-  """The pipeline's retrain counters (committed values), where the runner
-  reports them."""
-  try:
-    query = result.metrics().query(beam.metrics.MetricsFilter().with_namespace(
-        _NAMESPACE))
-  except (NotImplementedError, AttributeError):
-    return {}
-  totals: Dict[str, int] = {}
-  for counter in query.get("counters", []):
-    value = counter.committed if counter.committed is not None else (
-        counter.attempted)
-    totals[counter.key.metric.name] = totals.get(
-        counter.key.metric.name, 0) + int(value or 0)
-  return totals
+  return failures
 
 
 def _remove_tree(folder: str) -> None:

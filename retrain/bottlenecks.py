@@ -7,7 +7,6 @@ own model tags. The sets refer to rows of the memory-mapped cache index until
 """
 
 import hashlib
-import logging as std_logging
 import os
 from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
@@ -71,13 +70,13 @@ def _beam_compute(store: cache.BottleneckCache,
   """Runs the Beam pipeline over `missing`, then yields what it wrote (or
   why an image cannot be used), as an extractor's compute would."""
   from retrain import beam_extract  # pylint: disable=g-import-not-at-top
-  outcome = beam_extract.compute(
+  failures = beam_extract.compute(
       missing, work.fx, store.tag, config.bottleneck_dir, config.beam_runner,
       config.beam_options, config.bottleneck_batch_size or
       beam_extract.DEFAULT_BATCH_SIZE, work.distortions, work.copy,
       work.random_seed)
   for j, ref in enumerate(missing):
-    reason = outcome.failures.get(ref.path)
+    reason = failures.get(ref.path)
     vector = None if reason else store.load(
         ref, cache.SourceFingerprint.of(ref.path))
     if vector is None:

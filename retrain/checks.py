@@ -155,8 +155,8 @@ def _check_writable(flag: str, folder: str) -> None:
                     "can write to")
 
 
-# --beam_runner values (Beam's runner names); beam_extract.RUNNERS, here
-# without importing Beam.
+# --beam_runner values: Beam's runner names (listed here so that checking
+# them does not import Beam).
 BEAM_RUNNERS = ("DirectRunner", "DataflowRunner", "FlinkRunner",
                 "SparkRunner", "PortableRunner", "PrismRunner")
 

@@ -14,7 +14,6 @@ killed writer can leave a hidden ".*.tmp" object behind, never a partial
 file under the real name.
 """
 
-import os
 import posixpath
 import uuid
 from typing import Iterator, List, Tuple
@@ -178,15 +177,6 @@ def user_error(flag: str, path: str, error: BaseException) -> UserError:
   if isinstance(error, OSError) and not fs.has_scheme(path):
     return UserError(f"--{flag}={path}: {error.strerror or error}")
   return UserError(f"--{flag}={explain(path, error)}")
-
-
-def is_remote(path: str) -> bool:
-  return fs.has_scheme(path)
-
-
-def local_or_remote(path: str) -> str:
-  """The path as given for remote paths; absolute for local ones."""
-  return path if fs.has_scheme(path) else os.path.abspath(path)
 
 
 fs.register(fs.has_scheme, GFileFileSystem())

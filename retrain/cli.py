@@ -1,6 +1,7 @@
 """What both command-line tools share: quiet TensorFlow, one-line errors."""
 
 import contextlib
+import gc
 import os
 import sys
 import tempfile
@@ -42,6 +43,19 @@ def quiet_tensorflow(show_startup: bool = False,
       return False
     raise
   return True
+
+
+def freeze_imports() -> None:
+  """Moves every object alive now (TensorFlow's 300 000 and the other
+  imports') out of the garbage collector's sight, for good.
+
+  They live until the process ends anyway; unfrozen, every full collection
+  walks them, and so does the interpreter's last one at exit: 0.6 s with
+  TensorFlow loaded, per process (the command, each Beam worker). The
+  import leaves no garbage behind (gc.collect() finds none), so nothing is
+  kept that would have been freed.
+  """
+  gc.freeze()
 
 
 @contextlib.contextmanager
@@ -105,6 +119,7 @@ def absl_entry(main: Callable[[list], int], program: str,
   def quiet_then_main(argv) -> int:
     debug = getattr(flags.FLAGS, "logging_verbosity", None) == "DEBUG"
     quiet_tensorflow(show_startup=debug, optional=tensorflow_optional)
+    freeze_imports()
     return main(argv)
 
   def entry() -> None:

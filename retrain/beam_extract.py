@@ -4,12 +4,15 @@ The same work as the in-process extractor (extract.BottleneckExtractor),
 spread over Beam workers:
 
   shards of the image list -> images -> Reshuffle
-    -> read, skip what is cached, decode (as training does)
+    -> read, skip what is cached, decode (as training does; a thread pool
+       per worker process, as in process)
     -> RunInference(GraphModelHandler: the same frozen GraphDef, batched)
-    -> sidecar files, in the cache's format, written atomically
+    -> sidecar files, in the cache's format, written atomically,
+       and pack files of up to PACK_SIZE (index, vector) rows for the driver
   images that cannot be used -> one small record each, read by the driver
 
-The driver (bottlenecks._fill) then indexes the sidecars and trains as
+The driver (bottlenecks._fill) then indexes the packs' vectors (a few
+reads, not one per image, which matters on an object store) and trains as
 without Beam. Everything the workers read and write goes through cache.fs,
 so a cache on gs:// works on Dataflow; the model is staged as a file in the
 cache folder (<bottleneck_dir>/.beam/<tag>.pb) rather than pickled into the
@@ -19,12 +22,16 @@ pipeline. Workers import this module by name: they need the installed
 Importing this module imports Apache Beam; nothing else in retrain does.
 """
 
+import collections
+import concurrent.futures
 import dataclasses
-import hashlib
+import io
 import json
 import shlex
+import sys
+import threading
 import uuid
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Iterator, List, Optional, Sequence, Tuple
 
 import logging as std_logging
 import os
@@ -56,6 +63,7 @@ import numpy as np
 from apache_beam.ml.inference.base import (KeyedModelHandler, ModelHandler,
                                            PredictionResult, RunInference)
 from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.transforms.window import GlobalWindows
 
 import cache
 from cache import fs
@@ -64,11 +72,31 @@ from cache import fs
 # to this many; the in-process timing tuner does not run on workers).
 DEFAULT_BATCH_SIZE = 32
 
+# Vectors per pack file written by a worker for the driver (at most).
+PACK_SIZE = 1000
+
 # Images per shard of the list the driver writes for the workers.
 SHARD_SIZE = 500
 
 _FAILED = "failed"
+_IMAGE = "image"
 _NAMESPACE = "retrain"
+
+# Per worker process: the threads that read and decode images for every
+# _Decode instance in it (a runner may run several bundles at once), two
+# per core as in the in-process extractor.
+DECODE_THREADS = 2 * (os.cpu_count() or 1)
+_decode_pool: Optional[concurrent.futures.ThreadPoolExecutor] = None
+_decode_pool_lock = threading.Lock()
+
+
+def _shared_decode_pool() -> concurrent.futures.ThreadPoolExecutor:
+  global _decode_pool
+  with _decode_pool_lock:
+    if _decode_pool is None:
+      _decode_pool = concurrent.futures.ThreadPoolExecutor(
+          DECODE_THREADS, thread_name_prefix="retrain-decode")
+    return _decode_pool
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,32 +113,66 @@ class Job:
   random_seed: int = 0
 
 
+_setup_lock = threading.Lock()
+
+
 def _worker_setup():
   """TensorFlow imported quietly (as the command line does) and every TF
-  filesystem served; returns the tensorflow module. For worker processes."""
-  from retrain import cli  # pylint: disable=g-import-not-at-top
-  cli.quiet_tensorflow(show_startup=not _QUIET)
-  from retrain import storage  # pylint: disable=g-import-not-at-top,unused-import
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  filesystem served; returns the tensorflow module. For worker processes,
+  where each DoFn's setup calls it, and the model's loading thread (the
+  first call does the work, the others wait for it)."""
+  with _setup_lock:
+    first = sys.modules.get("tensorflow") is None
+    from retrain import cli  # pylint: disable=g-import-not-at-top
+    cli.quiet_tensorflow(show_startup=not _QUIET)
+    from retrain import storage  # pylint: disable=g-import-not-at-top,unused-import
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    if first:
+      cli.freeze_imports()  # The worker exits 0.6 s sooner.
   return tf
 
 
 class _Model:
   """The CNN in a session: float32 [n, H, W, 3] -> [n, D]. A class, not a
-  tuple, because RunInference keeps a weak reference to it."""
+  tuple, because RunInference keeps a weak reference to it.
 
-  def __init__(self, fx):
-    tf = _worker_setup()
-    from retrain.model import build_bottleneck  # pylint: disable=g-import-not-at-top
-    tf1 = tf.compat.v1
-    self.graph = tf.Graph()
-    with self.graph.as_default():
-      self.images = tf1.placeholder(tf.float32, [None, *fx.input_size, 3])
-      self.bottleneck = build_bottleneck(fx, self.images)
-    self.graph.finalize()
-    self.session = tf1.Session(graph=self.graph)
+  Loaded on a thread, as the in-process extractor does: the graph is read
+  and built and its first run (where TensorFlow optimizes it) done while
+  the worker decodes the first images; run() waits for it.
+  """
+
+  def __init__(self, job: Job):
+    self._error: Optional[BaseException] = None
+    self._loaded = threading.Thread(target=self._load, args=(job,),
+                                    daemon=True)
+    self._loaded.start()
+
+  def _load(self, job: Job) -> None:
+    try:
+      tf = _worker_setup()
+      from retrain.model import build_bottleneck  # pylint: disable=g-import-not-at-top
+      tf1 = tf.compat.v1
+      fx = dataclasses.replace(job.fx, graph_def=tf1.GraphDef.FromString(
+          fs.for_path(job.graph_path).read_bytes(job.graph_path)))
+      self.graph = tf.Graph()
+      with self.graph.as_default():
+        self.images = tf1.placeholder(tf.float32, [None, *fx.input_size, 3])
+        self.bottleneck = build_bottleneck(fx, self.images)
+      self.graph.finalize()
+      self.session = tf1.Session(graph=self.graph)
+    except BaseException as e:  # pylint: disable=broad-except
+      self._error = e  # Raised by run(), in the bundle.
+      return
+    try:
+      self.session.run(self.bottleneck, {self.images: np.zeros(
+          [job.batch_size, *fx.input_size, 3], np.float32)})
+    except tf.errors.OpError:
+      pass  # A real failure shows on the first real batch.
 
   def run(self, images: np.ndarray) -> np.ndarray:
+    self._loaded.join()
+    if self._error is not None:
+      raise self._error
     return self.session.run(self.bottleneck, {self.images: images})
 
 
@@ -118,20 +180,22 @@ class GraphModelHandler(ModelHandler):
   """RunInference over a frozen GraphDef: decoded images in, vectors out."""
 
   def __init__(self, job: Job):
-    super().__init__(min_batch_size=1, max_batch_size=job.batch_size)
+    super().__init__(min_batch_size=job.batch_size,
+                     max_batch_size=job.batch_size)
     self.job = job
 
   def load_model(self) -> _Model:
-    tf = _worker_setup()
-    graph_def = tf.compat.v1.GraphDef.FromString(
-        fs.for_path(self.job.graph_path).read_bytes(self.job.graph_path))
-    return _Model(dataclasses.replace(self.job.fx, graph_def=graph_def))
+    return _Model(self.job)
 
   def run_inference(self, batch: Sequence[np.ndarray], model: _Model,
                     inference_args=None) -> List[PredictionResult]:
     vectors = model.run(np.stack(batch))
     # The image is not kept with its vector (example=None): memory.
     return [PredictionResult(None, v) for v in vectors]
+
+  def get_num_bytes(self, batch: Sequence[np.ndarray]) -> int:
+    # For Beam's byte counters; its default pickles the whole batch.
+    return sum(image.nbytes for image in batch)
 
   def get_metrics_namespace(self) -> str:
     return _NAMESPACE
@@ -153,13 +217,24 @@ class _ReadShard(beam.DoFn):
 
 
 class _Decode(beam.DoFn):
-  """(index, ref) -> ((ref, fingerprint), image), or a failure; nothing for
-  an image whose valid sidecar exists already."""
+  """(index, ref) -> ((index, ref, fingerprint), image), or a failure
+  (index, path, reason); nothing for an image whose valid sidecar exists
+  already.
+
+  As in the in-process extractor, threads (the process's shared pool) read
+  and decode the next images (TensorFlow's decode ops release the GIL)
+  while this thread hands decoded ones downstream, where RunInference runs
+  the CNN on batches: a worker keeps its cores busy on its own. Outputs
+  keep the input order; at most two batches and a thread's worth of images
+  wait decoded per instance.
+  """
 
   def __init__(self, job: Job):
     self.job = job
     self.decoder = None
     self.store = None
+    self.pool = None
+    self.pending = collections.deque()
 
   def setup(self) -> None:
     _worker_setup()
@@ -167,52 +242,116 @@ class _Decode(beam.DoFn):
     self.decoder = ImageDecoder(self.job.fx.input_size, self.job.distortions,
                                 self.job.fx.preprocessing)
     self.store = cache.BottleneckCache(self.job.root, self.job.tag)
+    self.pool = _shared_decode_pool()
 
-  def process(self, item):
+  def start_bundle(self) -> None:
+    self.pending.clear()  # What a failed bundle left: Beam retries it.
+
+  def _prepare(self, index: int, ref: cache.ImageRef):
+    """-> (tag, value): the image, a failure, or (None, None) if cached."""
     from retrain.extract import augmentation_seed  # pylint: disable=g-import-not-at-top
-    _, ref = item
     try:
       fingerprint = cache.SourceFingerprint.of(ref.path)
     except OSError as e:
-      yield beam.pvalue.TaggedOutput(_FAILED, (ref.path,
-                                               f"cannot read it ({e.strerror})"))
-      return
+      return _FAILED, (index, ref.path, f"cannot read it ({e.strerror})")
     if self.store.load(ref, fingerprint) is not None:
-      beam.metrics.Metrics.counter(_NAMESPACE, "cached").inc()
-      return
+      return None, None
     seed = (augmentation_seed(self.job.random_seed,
                               f"{ref.class_dir}/{ref.relpath}", self.job.copy)
             if self.job.distortions else (0, 0))
     image, error = self.decoder.decode(ref.path, seed)
     if image is None:
-      yield beam.pvalue.TaggedOutput(_FAILED, (ref.path, error))
-    else:
-      yield (ref, tuple(fingerprint)), image
+      return _FAILED, (index, ref.path, error)
+    return _IMAGE, ((index, ref, tuple(fingerprint)), image)
+
+  def _output(self, future, windowed: bool = False):
+    tag, value = future.result()
+    if tag is None:
+      beam.metrics.Metrics.counter(_NAMESPACE, "cached").inc()
+      return None
+    if windowed:  # finish_bundle outputs carry their window.
+      value = GlobalWindows.windowed_value(value)
+    return value if tag == _IMAGE else beam.pvalue.TaggedOutput(tag, value)
+
+  def process(self, item):
+    self.pending.append(self.pool.submit(self._prepare, *item))
+    # Enough decoded ahead for two batches while the CNN runs on one.
+    while len(self.pending) > 2 * self.job.batch_size + DECODE_THREADS:
+      output = self._output(self.pending.popleft())
+      if output is not None:
+        yield output
+
+  def finish_bundle(self):
+    while self.pending:
+      output = self._output(self.pending.popleft(), windowed=True)
+      if output is not None:
+        yield output
 
   def teardown(self) -> None:
+    for future in self.pending:
+      future.cancel()
     if self.decoder is not None:
       self.decoder.close()
 
 
 class _WriteVector(beam.DoFn):
-  """((ref, fingerprint), PredictionResult) -> the image's sidecar file."""
+  """((index, ref, fingerprint), PredictionResult) -> the image's sidecar
+  file; and every PACK_SIZE vectors (and at the end of a bundle) one pack
+  file of (index, vector) rows, so that the driver reads a few packs rather
+  than every sidecar again (one request each on an object store)."""
 
-  def __init__(self, job: Job):
+  def __init__(self, job: Job, folder: str, pack_size: int):
     self.job = job
+    self.folder = folder
+    self.pack_size = pack_size
+    self.store = None
+    self.indices: List[int] = []
+    self.vectors: List[np.ndarray] = []
 
   def setup(self) -> None:
     _worker_setup()
+    self.store = cache.BottleneckCache(self.job.root, self.job.tag)
+
+  def start_bundle(self) -> None:
+    self.indices, self.vectors = [], []
 
   def process(self, item) -> None:
-    (ref, fingerprint), result = item
-    cache.BottleneckCache(self.job.root, self.job.tag).store(
-        ref, np.asarray(result.inference, np.float32),
-        cache.SourceFingerprint(*fingerprint))
+    (index, ref, fingerprint), result = item
+    vector = np.asarray(result.inference, np.float32)
+    self.store.store(ref, vector, cache.SourceFingerprint(*fingerprint))
+    self.indices.append(index)
+    self.vectors.append(vector)
+    if len(self.indices) >= self.pack_size:
+      self._write_pack()
     beam.metrics.Metrics.counter(_NAMESPACE, "computed").inc()
+
+  def finish_bundle(self) -> None:
+    self._write_pack()
+
+  def _write_pack(self) -> None:
+    if not self.indices:
+      return
+    data = io.BytesIO()
+    np.savez(data, index=np.array(self.indices, np.int64),
+             vectors=np.stack(self.vectors))
+    path = fs.join(self.folder, f"{uuid.uuid4().hex}.npz")
+    fs.for_path(path).write_atomic(path, data.getvalue())
+    self.indices, self.vectors = [], []
+
+
+def _read_packs(folder: str) -> Iterator[Tuple[int, np.ndarray]]:
+  """(index, vector) from every pack _WriteVector wrote in `folder`."""
+  store = fs.for_path(folder)
+  if not store.exists(folder):
+    return
+  for name in sorted(store.listdir(folder)):
+    with np.load(io.BytesIO(store.read_bytes(fs.join(folder, name))),
+                 allow_pickle=False) as pack:
+      yield from zip(pack["index"].tolist(), pack["vectors"])
 
 
 class _WriteFailure(beam.DoFn):
-  """(path, reason) -> a record in the run folder, for the driver."""
+  """(index, path, reason) -> a record in the run folder, for the driver."""
 
   def __init__(self, folder: str):
     self.folder = folder
@@ -220,8 +359,8 @@ class _WriteFailure(beam.DoFn):
   def setup(self) -> None:
     _worker_setup()
 
-  def process(self, failure: Tuple[str, str]) -> None:
-    name = hashlib.sha1(failure[0].encode("utf-8")).hexdigest() + ".json"
+  def process(self, failure: Tuple[int, str, str]) -> None:
+    name = f"{failure[0]:012d}.json"
     path = fs.join(self.folder, name)
     fs.for_path(path).write_atomic(path, json.dumps(list(failure)).encode())
 
@@ -253,29 +392,30 @@ def pipeline_options(runner: str, options: str) -> PipelineOptions:
 
 
 def compute(refs: Sequence[cache.ImageRef], fx, tag: str, root: str,
-            runner: str,
-            options: str, batch_size: int, distortions=None, copy: int = 0,
-            random_seed: int = 0) -> Dict[str, str]:
-  """Runs the pipeline over `refs`; their sidecars are then in the cache
-  (or, for images that cannot be used, why: the dict returned, image path
-  -> reason). `tag`: the cache tag to write (the
-  model's, or an augmented copy's)."""
+            runner: str, options: str, batch_size: int, distortions=None,
+            copy: int = 0, random_seed: int = 0
+            ) -> Iterator[Tuple[int, Optional[np.ndarray], Optional[str]]]:
+  """Runs the pipeline over `refs`, which writes their sidecars under cache
+  tag `tag` (the model's, or an augmented copy's); then yields (index,
+  vector, None) or (index, None, why it cannot be used) for every image, as
+  the in-process extractor's compute does (in no particular order)."""
   run = fs.join(root, ".beam", f"{tag}-{uuid.uuid4().hex[:12]}")
   store = fs.for_path(run)
   job = Job(root, tag, stage_model(fx, root),
             dataclasses.replace(fx, graph_def=None), batch_size, distortions,
             copy, random_seed)
-  shards = []
-  for start in range(0, len(refs), SHARD_SIZE):
-    path = fs.join(run, "list", f"{start // SHARD_SIZE:08d}.json")
-    store.write_atomic(path, json.dumps(
-        [_ref_row(i, refs[i])
-         for i in range(start, min(start + SHARD_SIZE, len(refs)))]).encode())
-    shards.append(path)
-  failures_dir = fs.join(run, "failed")
-  logging.info("Beam: %d images in %d shards on %s (%s)", len(refs),
-               len(shards), runner, options or "default options")
   try:
+    shards = []
+    for start in range(0, len(refs), SHARD_SIZE):
+      path = fs.join(run, "list", f"{start // SHARD_SIZE:08d}.json")
+      store.write_atomic(path, json.dumps(
+          [_ref_row(i, refs[i])
+           for i in range(start, min(start + SHARD_SIZE, len(refs)))]
+      ).encode())
+      shards.append(path)
+    packs, failures = fs.join(run, "packs"), fs.join(run, "failed")
+    logging.info("Beam: %d images in %d shards on %s (%s)", len(refs),
+                 len(shards), runner, options or "default options")
     p = beam.Pipeline(options=pipeline_options(runner, options))
     decoded = (p | "Shards" >> beam.Create(shards)
                | "List" >> beam.ParDo(_ReadShard())
@@ -284,20 +424,27 @@ def compute(refs: Sequence[cache.ImageRef], fx, tag: str, root: str,
                    _FAILED, main="images"))
     _ = (decoded.images
          | "CNN" >> RunInference(KeyedModelHandler(GraphModelHandler(job)))
-         | "Write" >> beam.ParDo(_WriteVector(job)))
-    _ = decoded[_FAILED] | "Failed" >> beam.ParDo(
-        _WriteFailure(failures_dir))
-    result = p.run()
-    result.wait_until_finish()
-    failures = {}
-    if store.exists(failures_dir):
-      for name in store.listdir(failures_dir):
-        path, reason = json.loads(store.read_bytes(
-            fs.join(failures_dir, name)))
-        failures[path] = reason
+         | "Write" >> beam.ParDo(_WriteVector(job, packs, PACK_SIZE)))
+    _ = decoded[_FAILED] | "Failed" >> beam.ParDo(_WriteFailure(failures))
+    p.run().wait_until_finish()
+
+    answered = np.zeros(len(refs), bool)
+    for index, vector in _read_packs(packs):
+      if not answered[index]:  # A retried bundle may write a pack twice.
+        answered[index] = True
+        yield index, vector, None
+    if store.exists(failures):
+      for name in store.listdir(failures):
+        index, _, reason = json.loads(store.read_bytes(
+            fs.join(failures, name)))
+        if not answered[index]:
+          answered[index] = True
+          yield index, None, reason
+    for index in np.flatnonzero(~answered).tolist():
+      yield index, None, ("the Beam pipeline wrote no vector for it (did "
+                          "the pipeline fail?)")
   finally:
     _remove_tree(run)
-  return failures
 
 
 def _remove_tree(folder: str) -> None:

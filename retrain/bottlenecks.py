@@ -67,23 +67,14 @@ def _fill(store: cache.BottleneckCache, refs: Sequence[cache.ImageRef],
 def _beam_compute(store: cache.BottleneckCache,
                   missing: Sequence[cache.ImageRef], work: _Work,
                   config: RunConfig):
-  """Runs the Beam pipeline over `missing`, then yields what it wrote (or
-  why an image cannot be used), as an extractor's compute would."""
+  """Runs the Beam pipeline over `missing`, then yields what it computed
+  (or why an image cannot be used), as an extractor's compute would."""
   from retrain import beam_extract  # pylint: disable=g-import-not-at-top
-  failures = beam_extract.compute(
+  return beam_extract.compute(
       missing, work.fx, store.tag, config.bottleneck_dir, config.beam_runner,
       config.beam_options, config.bottleneck_batch_size or
       beam_extract.DEFAULT_BATCH_SIZE, work.distortions, work.copy,
       work.random_seed)
-  for j, ref in enumerate(missing):
-    reason = failures.get(ref.path)
-    vector = None if reason else store.load(
-        ref, cache.SourceFingerprint.of(ref.path))
-    if vector is None:
-      yield j, None, reason or ("the Beam pipeline wrote no vector for it "
-                                "(did the pipeline fail?)")
-    else:
-      yield j, vector, None
 
 
 def compute_bottlenecks(image_lists: images.ImageLists, fx: FeatureExtractor,

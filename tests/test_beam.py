@@ -70,6 +70,9 @@ def test_two_worker_processes_give_the_in_process_vectors(dev_caches):
   plain, plain_data, beamed, beam_data, _ = dev_caches
   assert beam_data.filled.computed == plain_data.filled.computed == 500
   _assert_same_vectors(plain.bottleneck_dir, beamed.bottleneck_dir)
+  # The index the driver built from the workers' packs, row for row.
+  np.testing.assert_allclose(np.asarray(beam_data.filled.vectors),
+                             np.asarray(plain_data.filled.vectors), atol=1e-6)
   # The pipeline's scratch folder is gone; the staged model stays.
   staged = os.listdir(os.path.join(beamed.bottleneck_dir, ".beam"))
   assert len(staged) == 1 and staged[0].endswith(".pb")
@@ -84,6 +87,48 @@ def test_a_warm_beam_run_computes_nothing(dev_caches, monkeypatch):
   data = pipeline.cache_bottlenecks(beamed, HParams(), options)
   assert data.filled.computed == 0 and data.filled.from_cache == 500
   assert not started
+
+
+def test_the_driver_indexes_each_vector_once_from_the_packs(
+    small_models, color_images, tmp_path, monkeypatch):
+  """In memory: packs flushed inside a bundle, each written twice (as by a
+  retried bundle), give every image's vector once, equal to in process."""
+  from retrain import beam_extract
+  monkeypatch.setattr(beam_extract, "PACK_SIZE", 3)
+  write = beam_extract._WriteVector._write_pack  # pylint: disable=protected-access
+  packs = []
+
+  def twice(self):
+    rows = (list(self.indices), list(self.vectors))
+    write(self)
+    self.indices, self.vectors = rows
+    write(self)
+    packs.append(len(rows[0]))
+
+  monkeypatch.setattr(beam_extract._WriteVector, "_write_pack", twice)  # pylint: disable=protected-access
+  answers = []
+  compute = beam_extract.compute
+
+  def recorded(*args, **kwargs):
+    for answer in compute(*args, **kwargs):
+      answers.append(answer[0])
+      yield answer
+
+  monkeypatch.setattr(beam_extract, "compute", recorded)
+  options = ModelOptions(graph=small_models["inception"], tfhub_module="")
+  plain = pipeline.cache_bottlenecks(
+      helpers.run_config(tmp_path / "plain", color_images), HParams(), options)
+  beamed = pipeline.cache_bottlenecks(
+      helpers.run_config(tmp_path / "beam", color_images,
+                         beam_runner="DirectRunner"), HParams(), options)
+  assert max(packs) == 3 and sum(packs) == plain.filled.computed > 3
+  assert sorted(answers) == list(range(plain.filled.computed))
+  assert beamed.filled.computed == plain.filled.computed
+  np.testing.assert_allclose(np.asarray(beamed.filled.vectors),
+                             np.asarray(plain.filled.vectors), atol=1e-5)
+  # The pipeline's scratch folder (shards, packs) is gone.
+  assert [f for f in os.listdir(tmp_path / "beam" / "bottlenecks" / ".beam")
+          if not f.endswith(".pb")] == []
 
 
 def test_bad_images_are_skipped_and_reported_as_in_process(shared, tmp_path):

@@ -24,6 +24,25 @@ def test_augmentation_benchmark_prints_its_table(shared):
   assert "faster than on-the-fly distortion" in out
 
 
+def test_beam_benchmark_prints_every_way_with_equal_vectors(shared):
+  helpers.require("apache_beam")
+  out = _run("beam.py", ["--max_images=40"])
+  for way in ("in process", "DirectRunner, in memory",
+              "DirectRunner, 1 worker process",
+              "DirectRunner, 2 worker processes"):
+    assert f"| {way} " in out
+    assert f"{way}: 40 vectors, largest difference from in process 0\n" in out
+
+
+def test_fine_tune_benchmark_prints_both_stages(shared, tmp_path):
+  out = _run("fine_tune.py", ["--models=mobilenet_v1_025_128",
+                              "--datasets=flower_photos_dev",
+                              "--variants=plain", "--folds=2",
+                              "--keras_epochs=0", f"--work_dir={tmp_path}"])
+  assert "| head only % | fine-tuned % |" in out, out
+  assert "| mobilenet_v1_025_128 | flower_photos_dev | plain   | 500 " in out
+
+
 def test_exports_benchmark_prints_every_export(shared, tmp_path):
   out = _run("exports.py", [f"--work_dir={tmp_path}"])
   for name in ("frozen graph", "SavedModel", "TFLite none", "TFLite dynamic",

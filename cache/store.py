@@ -22,6 +22,14 @@ class SourceFingerprint(NamedTuple):
     return cls(*fs_mod.for_path(path).stat(path))
 
 
+def _fingerprint(ref: "ImageRef"
+                 ) -> Tuple[Optional[SourceFingerprint], Optional[OSError]]:
+  try:
+    return SourceFingerprint.of(ref.path), None
+  except OSError as e:
+    return None, e
+
+
 class ImageRef(NamedTuple):
   """One image: its file, and its place in the cache's class-mirroring tree."""
   path: str
@@ -84,7 +92,8 @@ class BottleneckCache:
            compute_stores: bool = False) -> FillResult:
     """The bottlenecks of `refs`: read from the cache, the rest computed.
 
-    Each source image is stat'ed once. Vectors come from the packed index
+    Each source image is stat'ed once (on a remote filesystem, like the
+    sidecar reads, many requests at a time: fs.map_paths). Vectors come from the packed index
     when its fingerprint matches, else from the image's sidecar file, else
     they are computed and written to a new sidecar as they arrive. An image
     that cannot be read or decoded is reported in `failures` and gets no
@@ -105,12 +114,14 @@ class BottleneckCache:
     fingerprints: List[Optional[SourceFingerprint]] = [None] * n
     old_rows = np.full(n, -1, np.int64)
     failures: List[Tuple[str, str]] = []
-    for i, ref in enumerate(refs):
-      try:
-        fingerprints[i] = SourceFingerprint.of(ref.path)
-      except OSError as e:
-        failures.append((ref.path, f"cannot read it ({e.strerror})"))
+    # On an object store each stat and sidecar read is a request: many fly
+    # at once (fs.map_paths).
+    for i, (fingerprint, error) in enumerate(fs_mod.map_paths(
+        _fingerprint, refs, bool(refs) and fs_mod.has_scheme(refs[0].path))):
+      if error is not None:
+        failures.append((refs[i].path, f"cannot read it ({error.strerror})"))
         continue
+      fingerprints[i] = fingerprint
       if old is not None:
         row = old.row(keys[i], fingerprints[i])
         old_rows[i] = -1 if row is None else row
@@ -124,11 +135,14 @@ class BottleneckCache:
     try:
       ok = np.zeros(n, bool)
       missing = []
+      sidecars = fs_mod.map_paths(
+          lambda i: self.load(refs[i], fingerprints[i]),
+          np.flatnonzero(usable & (old_rows < 0)).tolist(), not self.fs.local)
       for i in np.flatnonzero(usable):
         if old_rows[i] >= 0:
           vector = np.array(old.vectors[old_rows[i]])
         else:
-          vector = self.load(refs[i], fingerprints[i])
+          vector = next(sidecars)
         if vector is None:
           missing.append(i)
         elif len(vector) != dim:

@@ -225,3 +225,78 @@ def test_index_writer_removes_leftovers_of_killed_runs_only(tmp_path):
   assert live.commit().keys == ["k/a.jpg"]
   other.abort()
   assert os.listdir(root) == ["m-1.index"]
+
+
+class _SlowRemote(cache.fs.FileSystem):
+  """slow://<local path>: the local disk behind 10 ms of latency per stat
+  and read, counting how many are in flight at once."""
+
+  local = False
+
+  def __init__(self):
+    import threading
+    self.lock = threading.Lock()
+    self.in_flight = 0
+    self.most = {"stat": 0, "read_bytes": 0}
+
+  def _wait(self, what):
+    import time
+    with self.lock:
+      self.in_flight += 1
+      self.most[what] = max(self.most[what], self.in_flight)
+    time.sleep(0.01)
+    with self.lock:
+      self.in_flight -= 1
+
+  def stat(self, path):
+    self._wait("stat")
+    return cache.fs.LOCAL.stat(path[len("slow://"):])
+
+  def read_bytes(self, path):
+    self._wait("read_bytes")
+    return cache.fs.LOCAL.read_bytes(path[len("slow://"):])
+
+  def download(self, path, local_path):
+    import shutil
+    shutil.copyfile(path[len("slow://"):], local_path)
+
+  def upload(self, local_path, path):
+    import shutil
+    os.makedirs(os.path.dirname(path[len("slow://"):]), exist_ok=True)
+    shutil.copyfile(local_path, path[len("slow://"):])
+
+
+for _name in ("write_atomic", "exists", "isdir", "listdir", "makedirs",
+              "remove"):
+  setattr(_SlowRemote, _name, (lambda name: lambda self, path, *a, **k: getattr(
+      cache.fs.LOCAL, name)(path[len("slow://"):], *a, **k))(_name))
+
+
+def test_remote_stats_and_sidecar_reads_fly_many_at_once(tmp_path,
+                                                         monkeypatch):
+  remote = _SlowRemote()
+  monkeypatch.setattr(cache.fs, "_REGISTERED", [])
+  cache.fs.register(lambda p: p.startswith("slow://"), remote)
+  refs = [cache.ImageRef("slow://" + r.path, r.class_dir, r.relpath)
+          for r in _images(tmp_path, 40)]
+  store = cache.BottleneckCache(f"slow://{tmp_path}/bn", "m-1")
+
+  def compute(missing):
+    for j, ref in enumerate(missing):
+      yield j, np.full(4, len(remote.read_bytes(ref.path)), np.float32), None
+
+  first = store.fill(refs, compute, 4)
+  assert first.computed == 40
+  assert remote.most["stat"] > 8  # Not one at a time.
+  for f in os.listdir(tmp_path / "bn"):  # Sidecars only: no index.
+    if f.endswith(".index"):
+      os.remove(tmp_path / "bn" / f)
+  remote.most["read_bytes"] = 0
+  second = store.fill(refs, compute, 4)
+  assert second.from_cache == 40 and second.computed == 0
+  assert remote.most["read_bytes"] > 8
+  np.testing.assert_array_equal(second.vectors, first.vectors)
+  assert list(second.vectors[:, 0]) == [i + 1 for i in range(40)]
+  # A local cache of local images: one request at a time, as before.
+  assert list(cache.fs.map_paths(lambda x: x * 2, [1, 2, 3], False)) == [
+      2, 4, 6]

@@ -1,12 +1,13 @@
 """Beam extraction against the in-process extractor, side by side.
 
   python benchmarks/beam.py [--image_dir=DIR] [--graph=PB] [--repeats=1]
-                            [--max_images=N]
+                            [--max_images=N] [--copies=K]
 
 On the same images and model (default: the 2 000 photos of
 ../shared/datasets/cats_dogs_small and MobileNet v1 0.25/128), each way
 computes every bottleneck into a new, empty cache, in a fresh process
-(`python -m retrain --only_bottlenecks`, whole command timed): in process
+(`python -m retrain --only_bottlenecks`, whole command timed; with
+--repeats, the ways take turns and each one's median run counts): in process
 (today's default), Beam's DirectRunner in memory, and DirectRunner
 multi_processing with 1 and 2 worker processes. The cache files' times
 split each run into start-up (command start to the first vector written:
@@ -29,9 +30,14 @@ import common  # pylint: disable=g-import-not-at-top
 from absl import app, flags  # pylint: disable=g-import-not-at-top
 
 common.define_model_flags(tfhub=False)
-flags.DEFINE_integer("repeats", 1, "Runs of each way; the fastest counts.")
+flags.DEFINE_integer("repeats", 1, "Runs of each way, taking turns; the "
+                     "median run (by whole seconds) counts.")
 flags.DEFINE_integer("max_images", 0, "Use this many of the photos, spread "
                      "over the classes (0: all).")
+flags.DEFINE_integer("copies", 1, "Link each photo this many times under "
+                     "different names: K times the images, each one decoded "
+                     "and run through the CNN (a larger job from the same "
+                     "photos).")
 flags.DEFINE_list("model_flags", [], "More retrain flags for the model, e.g. "
                   "--input_tensor=input:0,--bottleneck_tensor=...")
 FLAGS = flags.FLAGS
@@ -50,30 +56,41 @@ WAYS = [
 ]
 
 
-def _run(image_dir, model_flags, extra, work, repeats):
+def _run(image_dir, model_flags, extra, work):
   """(seconds, seconds to the first vector written, seconds from the first
-  to the last) of the fastest of `repeats` cold --only_bottlenecks
-  commands; its vectors stay in work/cache."""
-  best = None
-  for _ in range(repeats):
-    folder = os.path.join(work, "cache")
-    shutil.rmtree(folder, ignore_errors=True)
-    args = [sys.executable, "-m", "retrain", f"--image_dir={image_dir}",
-            *model_flags, f"--bottleneck_dir={folder}",
-            f"--output_graph={work}/g.pb", f"--output_labels={work}/l.txt",
-            "--only_bottlenecks", *extra]
-    start_wall, start = time.time(), time.perf_counter()
-    proc = subprocess.run(args, capture_output=True, text=True,
-                          cwd=common.REPO, check=False)
-    seconds = time.perf_counter() - start
-    if proc.returncode:
-      sys.exit(f"{' '.join(args)} failed:\n{proc.stderr[-3000:]}")
-    written = sorted(os.stat(os.path.join(root, f)).st_mtime
-                     for root, _, files in os.walk(folder)
-                     for f in files if f.endswith(".bn"))
-    if best is None or seconds < best[0]:
-      best = (seconds, written[0] - start_wall, written[-1] - written[0])
-  return best
+  to the last) of one cold --only_bottlenecks command; its vectors stay in
+  work/cache."""
+  folder = os.path.join(work, "cache")
+  shutil.rmtree(folder, ignore_errors=True)
+  args = [sys.executable, "-m", "retrain", f"--image_dir={image_dir}",
+          *model_flags, f"--bottleneck_dir={folder}",
+          f"--output_graph={work}/g.pb", f"--output_labels={work}/l.txt",
+          "--only_bottlenecks", *extra]
+  start_wall, start = time.time(), time.perf_counter()
+  proc = subprocess.run(args, capture_output=True, text=True,
+                        cwd=common.REPO, check=False)
+  seconds = time.perf_counter() - start
+  if proc.returncode:
+    sys.exit(f"{' '.join(args)} failed:\n{proc.stderr[-3000:]}")
+  written = sorted(os.stat(os.path.join(root, f)).st_mtime
+                   for root, _, files in os.walk(folder)
+                   for f in files if f.endswith(".bn"))
+  return seconds, written[0] - start_wall, written[-1] - written[0]
+
+
+def _linked_copies(image_dir: str, copies: int, folder: str) -> str:
+  """folder/<class>/<k>_<name>: `copies` links to each photo of image_dir."""
+  for name in sorted(os.listdir(image_dir)):
+    source = os.path.join(image_dir, name)
+    if name.startswith(".") or not os.path.isdir(source):
+      continue
+    os.makedirs(os.path.join(folder, name))
+    for f in sorted(os.listdir(source)):
+      if not f.startswith("."):
+        for k in range(copies):
+          os.symlink(os.path.realpath(os.path.join(source, f)),
+                     os.path.join(folder, name, f"{k}_{f}"))
+  return folder
 
 
 def _cached_vectors(folder):
@@ -97,17 +114,27 @@ def main(_):
   if FLAGS.max_images:
     image_dir = common.subset_images(image_dir, FLAGS.max_images,
                                      os.path.join(work, "photos"))
+  if FLAGS.copies > 1:
+    image_dir = _linked_copies(image_dir, FLAGS.copies,
+                               os.path.join(work, "copies"))
   images = sum(len([f for f in files if not f.startswith(".")])
                for root, _, files in os.walk(image_dir) if root != image_dir)
   rows, vectors, rates = [], {}, {}
-  for name, extra in WAYS:
-    seconds, start_up, extraction = _run(image_dir, model_flags, extra, work,
-                                         FLAGS.repeats)
-    vectors[name] = _cached_vectors(os.path.join(work, "cache"))
+  runs = {name: [] for name, _ in WAYS}
+  # Ways take turns, so that a drift of this shared machine's speed weighs
+  # on all of them; each way's median run counts (the fastest would be the
+  # luckiest: in process, the batch size chosen by timing varies).
+  for repeat in range(FLAGS.repeats):
+    for name, extra in WAYS:
+      runs[name].append(_run(image_dir, model_flags, extra, work))
+      if repeat == 0:
+        vectors[name] = _cached_vectors(os.path.join(work, "cache"))
+      print(name, [f"{x:.2f}" for x in runs[name][-1]], flush=True)
+  for name, _ in WAYS:
+    seconds, start_up, extraction = sorted(runs[name])[len(runs[name]) // 2]
     rates[name] = (images - 1) / extraction
     rows.append([name, f"{seconds:.1f}", f"{images / seconds:.0f}",
                  f"{start_up:.1f}", f"{rates[name]:.0f}"])
-    print(rows[-1], flush=True)
   base, base_rate = float(rows[0][1]), rates[WAYS[0][0]]
   for row in rows:
     row += [f"{100 * base / float(row[1]):.0f}%",
@@ -121,9 +148,10 @@ def main(_):
     print(f"{name}: {len(found)} vectors, largest difference from in "
           f"process {worst:g}")
   print(f"\n{images} images, {' '.join(model_flags)}, whole command "
-        "(python -m retrain --only_bottlenecks, cold cache), fastest of "
-        f"{FLAGS.repeats}; {os.cpu_count()} cores; start-up: to the first "
-        "vector written; extraction: first to last vector written")
+        "(python -m retrain --only_bottlenecks, cold cache), median of "
+        f"{FLAGS.repeats}, the ways taking turns; {os.cpu_count()} cores; "
+        "start-up: to the first vector written; extraction: first to last "
+        "vector written")
   print(common.table(rows, [
       "way", "seconds", "images/s", "start-up s", "extraction images/s",
       "of in-process (whole command)", "of in-process (extraction)",

@@ -290,6 +290,9 @@ class _Decode(beam.DoFn):
   def teardown(self) -> None:
     for future in self.pending:
       future.cancel()
+    # A decode still running uses the decoder's session: wait for it.
+    concurrent.futures.wait(self.pending)
+    self.pending.clear()
     if self.decoder is not None:
       self.decoder.close()
 

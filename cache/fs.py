@@ -16,6 +16,7 @@ Semantics every filesystem gives the cache:
 import collections
 import concurrent.futures
 import os
+import shutil
 from typing import (Callable, Deque, Iterator, List, Optional, Sequence,
                     Tuple, TypeVar)
 
@@ -52,6 +53,10 @@ class FileSystem:
 
   def remove(self, path: str) -> None:
     os.remove(path)
+
+  def remove_tree(self, path: str) -> None:
+    """Removes a folder and everything in it; nothing if it is absent."""
+    shutil.rmtree(path, ignore_errors=True)
 
   def walk(self, top: str) -> Iterator[Tuple[str, List[str], List[str]]]:
     """os.walk: (folder, sub-folders, files); sub-folders may be pruned."""

@@ -116,8 +116,9 @@ class BottleneckCache:
     failures: List[Tuple[str, str]] = []
     # On an object store each stat and sidecar read is a request: many fly
     # at once (fs.map_paths).
+    images_remote = bool(refs) and not fs_mod.for_path(refs[0].path).local
     for i, (fingerprint, error) in enumerate(fs_mod.map_paths(
-        _fingerprint, refs, bool(refs) and fs_mod.has_scheme(refs[0].path))):
+        _fingerprint, refs, images_remote)):
       if error is not None:
         failures.append((refs[i].path, f"cannot read it ({error.strerror})"))
         continue

@@ -232,13 +232,15 @@ class _Decode(beam.DoFn):
   def __init__(self, job: Job):
     self.job = job
     self.decoder = None
+    self.seed_of = None
     self.store = None
     self.pool = None
     self.pending = collections.deque()
 
   def setup(self) -> None:
     _worker_setup()
-    from retrain.extract import ImageDecoder  # pylint: disable=g-import-not-at-top
+    from retrain.extract import ImageDecoder, augmentation_seed  # pylint: disable=g-import-not-at-top
+    self.seed_of = augmentation_seed
     self.decoder = ImageDecoder(self.job.fx.input_size, self.job.distortions,
                                 self.job.fx.preprocessing)
     self.store = cache.BottleneckCache(self.job.root, self.job.tag)
@@ -249,14 +251,13 @@ class _Decode(beam.DoFn):
 
   def _prepare(self, index: int, ref: cache.ImageRef):
     """-> (tag, value): the image, a failure, or (None, None) if cached."""
-    from retrain.extract import augmentation_seed  # pylint: disable=g-import-not-at-top
     try:
       fingerprint = cache.SourceFingerprint.of(ref.path)
     except OSError as e:
       return _FAILED, (index, ref.path, f"cannot read it ({e.strerror})")
     if self.store.load(ref, fingerprint) is not None:
       return None, None
-    seed = (augmentation_seed(self.job.random_seed,
+    seed = (self.seed_of(self.job.random_seed,
                               f"{ref.class_dir}/{ref.relpath}", self.job.copy)
             if self.job.distortions else (0, 0))
     image, error = self.decoder.decode(ref.path, seed)
@@ -447,17 +448,7 @@ def compute(refs: Sequence[cache.ImageRef], fx, tag: str, root: str,
       yield index, None, ("the Beam pipeline wrote no vector for it (did "
                           "the pipeline fail?)")
   finally:
-    _remove_tree(run)
-
-
-def _remove_tree(folder: str) -> None:
-  try:
-    if fs.for_path(folder).local:
-      import shutil  # pylint: disable=g-import-not-at-top
-      shutil.rmtree(folder, ignore_errors=True)
-    else:
-      import tensorflow as tf  # pylint: disable=g-import-not-at-top
-      if tf.io.gfile.exists(folder):
-        tf.io.gfile.rmtree(folder)
-  except Exception as e:  # pylint: disable=broad-except
-    logging.warning("Could not remove %s: %s", folder, e)
+    try:
+      store.remove_tree(run)
+    except OSError as e:
+      logging.warning("Could not remove %s: %s", run, e)

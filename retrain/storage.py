@@ -82,6 +82,11 @@ class GFileFileSystem(fs.FileSystem):
     with _os_errors(path):
       gfile.remove(path)
 
+  def remove_tree(self, path: str) -> None:
+    with _os_errors(path):
+      if gfile.exists(path):
+        gfile.rmtree(path)
+
   def walk(self, top: str) -> Iterator[Tuple[str, List[str], List[str]]]:
     """Top-down, so that callers can prune sub-folders as os.walk's. Object
     stores mark folders with a trailing "/" and a name with an image

@@ -2,7 +2,7 @@
 
 import re
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
 with open("retrain/__init__.py", encoding="utf-8") as f:
   VERSION = re.search(r'__version__ = "([^"]+)"', f.read()).group(1)
@@ -17,7 +17,7 @@ setup(
                  "deployable image classifier, with a bottleneck cache."),
     long_description=LONG_DESCRIPTION,
     long_description_content_type="text/markdown",
-    packages=["retrain", "cache"],
+    packages=find_packages(include=["retrain", "retrain.*", "cache"]),
     python_requires=">=3.9",
     install_requires=[
         "tensorflow>=2.16,<3",

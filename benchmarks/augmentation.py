@@ -33,12 +33,14 @@ DISTORTIONS = dict(flip_left_right=True, random_crop=10, random_scale=10,
 
 
 def main(_):
-  from retrain import cli  # pylint: disable=g-import-not-at-top
-  cli.quiet_tensorflow()
+  from retrain import tfimport  # pylint: disable=g-import-not-at-top
+  tfimport.quiet_tensorflow()
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from retrain import images, model, pipeline, preprocess
+  from retrain import pipeline
   from retrain.config import HParams, RunConfig
-  from retrain.extract import BottleneckExtractor, augmentation_seed
+  from retrain.data import images, preprocess
+  from retrain.features import model
+  from retrain.features.extract import BottleneckExtractor, augmentation_seed
   image_dir = common.dev_images(FLAGS.image_dir)
   options, _ = common.model_choice(FLAGS.graph)
   hparams = HParams(how_many_training_steps=FLAGS.steps)

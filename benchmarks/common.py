@@ -52,7 +52,7 @@ def subset_images(image_dir: str, count: int, folder: str) -> str:
   with at least one validation and one test photo both by retrain's split
   and by the classic tool's (which hashes the full path, and fails on a
   class without)."""
-  from retrain import images  # pylint: disable=g-import-not-at-top
+  from retrain.data import images  # pylint: disable=g-import-not-at-top
   classes = sorted(d for d in os.listdir(image_dir)
                    if os.path.isdir(os.path.join(image_dir, d)) and
                    not d.startswith("."))

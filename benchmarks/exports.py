@@ -27,8 +27,8 @@ FLAGS = flags.FLAGS
 
 
 def main(_):
-  from retrain import cli  # pylint: disable=g-import-not-at-top
-  cli.quiet_tensorflow()
+  from retrain import tfimport  # pylint: disable=g-import-not-at-top
+  tfimport.quiet_tensorflow()
   import numpy as np  # pylint: disable=g-import-not-at-top
   from retrain import pipeline  # pylint: disable=g-import-not-at-top
   from retrain.config import HParams, RunConfig

@@ -72,7 +72,7 @@ def fold_of(name: str, folds: int) -> int:
 
 def fold_lists(image_dir: str, fold: int, folds: int):
   """images.ImageLists with fold `fold` as the test set."""
-  from retrain import images  # pylint: disable=g-import-not-at-top
+  from retrain.data import images  # pylint: disable=g-import-not-at-top
   found = images.list_images(image_dir, 0, 0)
   classes = []
   for c in found.classes:
@@ -108,10 +108,12 @@ def run_one(model_name: str, dataset: str, variant: str, work: str) -> dict:
   """k-fold cross-validation of one configuration in this process."""
   import concurrent.futures  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from retrain import cli, finetune_graph, images, pipeline
+  from retrain import pipeline, tfimport
   from retrain.config import HParams, RunConfig
-  from retrain.model import load_feature_extractor
-  cli.quiet_tensorflow()
+  from retrain.data import images
+  from retrain.features import cut as cuts
+  from retrain.features.model import load_feature_extractor
+  tfimport.quiet_tensorflow()
   cache_dir = os.path.join(work, "cache")
   config = RunConfig(image_dir=_dataset(dataset), bottleneck_dir=cache_dir,
                      summaries_dir="", checkpoint_path="",
@@ -149,9 +151,9 @@ def run_one(model_name: str, dataset: str, variant: str, work: str) -> dict:
         cut_vectors_computed=stage.cut_vectors_computed,
         seconds=time.monotonic() - start))
     print(json.dumps(folds[-1]), flush=True)
-  cut = finetune_graph.choose_cut(fx.graph_def, fx.bottleneck_tensor,
-                               FLAGS.fine_tune_layers)
-  cfx = finetune_graph.cut_feature_extractor(fx, cut)
+  cut = cuts.choose_cut(fx.graph_def, fx.bottleneck_tensor,
+                        FLAGS.fine_tune_layers)
+  cfx = cuts.cut_feature_extractor(fx, cut)
   return dict(model=model_name, dataset=dataset, variant=variant,
               folds=folds, cut_bytes_per_image=_bytes_per_image(
                   cache_dir, cfx.tag), cut_floats=cfx.bottleneck_size,
@@ -170,8 +172,8 @@ def _bytes_per_image(cache_dir: str, tag: str) -> float:
 def run_keras(model_name: str, dataset: str) -> dict:
   """Seconds per epoch of the Keras recipe on fold 0's training images."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from retrain import cli  # pylint: disable=g-import-not-at-top
-  cli.quiet_tensorflow()
+  from retrain import tfimport  # pylint: disable=g-import-not-at-top
+  tfimport.quiet_tensorflow()
   lists = fold_lists(_dataset(dataset), 0, FLAGS.folds)
   paths, labels = [], []
   for index, c in enumerate(lists.classes):

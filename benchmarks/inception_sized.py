@@ -64,8 +64,8 @@ def build(path: str = DEFAULT_PATH) -> str:
 def main(argv):
   from absl import flags  # pylint: disable=g-import-not-at-top
   del argv
-  from retrain import cli  # pylint: disable=g-import-not-at-top
-  cli.quiet_tensorflow()
+  from retrain import tfimport  # pylint: disable=g-import-not-at-top
+  tfimport.quiet_tensorflow()
   path = build(flags.FLAGS.output)
   print(f"{path}: {os.path.getsize(path) / 1e6:.0f} MB")
 

@@ -54,8 +54,8 @@ def cross_validated_predictions(x, y, classes: int, folds: int, steps: int):
   """Each image's predicted class from a layer trained on the other folds."""
   import numpy as np  # pylint: disable=g-import-not-at-top
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from retrain import train  # pylint: disable=g-import-not-at-top
   from retrain.config import HParams  # pylint: disable=g-import-not-at-top
+  from retrain.training import train  # pylint: disable=g-import-not-at-top
   fold = np.arange(len(y)) % folds
   predicted = np.zeros(len(y), np.int64)
   hp = HParams(how_many_training_steps=steps)
@@ -71,11 +71,12 @@ def cross_validated_predictions(x, y, classes: int, folds: int, steps: int):
 
 
 def main(_):
-  from retrain import cli  # pylint: disable=g-import-not-at-top
-  cli.quiet_tensorflow()
+  from retrain import tfimport  # pylint: disable=g-import-not-at-top
+  tfimport.quiet_tensorflow()
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from retrain import imageinfo, images, model
-  from retrain.extract import BottleneckExtractor, ImageDecoder
+  from retrain.data import imageinfo, images
+  from retrain.features import model
+  from retrain.features.extract import BottleneckExtractor, ImageDecoder
   image_dir = common.dev_images(FLAGS.image_dir)
   options, _ = common.model_choice(FLAGS.graph)
   lists = images.list_images(image_dir, 0, 0)

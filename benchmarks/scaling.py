@@ -66,9 +66,11 @@ def make_images(root: str, count: int) -> str:
 
 
 def _child_extract(image_dir: str) -> dict:
-  from retrain import bottlenecks, cli, images, model  # pylint: disable=g-import-not-at-top
+  from retrain import tfimport  # pylint: disable=g-import-not-at-top
   from retrain.config import RunConfig
-  cli.quiet_tensorflow()
+  from retrain.data import images  # pylint: disable=g-import-not-at-top
+  from retrain.features import bottlenecks, model  # pylint: disable=g-import-not-at-top
+  tfimport.quiet_tensorflow()
   fx = model.load_feature_extractor(common.model_choice(FLAGS.graph)[0])
   lists = images.list_images(image_dir, 10, 10)
   bn = tempfile.mkdtemp(prefix="retrain_scaling_bn_")
@@ -83,9 +85,10 @@ def _child_extract(image_dir: str) -> dict:
 def _child_train(root: str) -> dict:
   import numpy as np  # pylint: disable=g-import-not-at-top
   import cache  # pylint: disable=g-import-not-at-top
-  from retrain import cli, model, pipeline  # pylint: disable=g-import-not-at-top
+  from retrain import pipeline, tfimport  # pylint: disable=g-import-not-at-top
   from retrain.config import HParams, RunConfig
-  cli.quiet_tensorflow()
+  from retrain.features import model  # pylint: disable=g-import-not-at-top
+  tfimport.quiet_tensorflow()
   options = common.model_choice(FLAGS.graph)[0]
   fx = model.load_feature_extractor(options)
   image_dir = os.path.join(root, "images")

@@ -109,13 +109,15 @@ def _classic_inception_dir(graph: str, folder: str) -> str:
 
 
 def main(_):
-  from retrain import cli  # pylint: disable=g-import-not-at-top
-  cli.quiet_tensorflow()
+  from retrain import tfimport  # pylint: disable=g-import-not-at-top
+  tfimport.quiet_tensorflow()
   import numpy as np  # pylint: disable=g-import-not-at-top
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from retrain import bottlenecks, images, model, train
   from retrain.config import HParams, RunConfig
-  from retrain.extract import BottleneckExtractor, ImageDecoder
+  from retrain.data import images
+  from retrain.features import bottlenecks, model
+  from retrain.features.extract import BottleneckExtractor, ImageDecoder
+  from retrain.training import train
   work = tempfile.mkdtemp(prefix="retrain_speed_")
   image_dir = common.dev_images(FLAGS.image_dir)
   if FLAGS.max_images:

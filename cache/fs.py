@@ -3,7 +3,7 @@
 Local paths use the operating system directly (memory-mapped index, flock,
 rename). A path with a scheme ("gs://bucket/x", "s3://...", "ram://...")
 goes to the filesystem registered for it: this package has no TensorFlow,
-so `retrain.storage` registers one over `tf.io.gfile` that serves every
+so `retrain.features.storage` registers one over `tf.io.gfile` that serves every
 scheme TensorFlow knows.
 
 Semantics every filesystem gives the cache:

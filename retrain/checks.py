@@ -10,9 +10,11 @@ import tempfile
 import uuid
 
 from cache import fs
-from retrain import export, storage, train
 from retrain.config import HParams, RunConfig
+from retrain.deploy import export
 from retrain.errors import UserError
+from retrain.features import storage
+from retrain.training import train
 
 
 def check_config(config: RunConfig, hparams: HParams) -> None:

@@ -57,6 +57,24 @@ class ModelOptions(NamedTuple):
   preprocessing: str = "fast"
 
 
+class Distortions(NamedTuple):
+  """Random distortions of training images (the classic tool's flags).
+
+  random_crop: margin in percent cropped away at random (the image is first
+  enlarged by that margin); random_scale: extra random enlargement up to this
+  percent; random_brightness: multiply pixels by a factor within +-percent;
+  flip_left_right: mirror half of the time.
+  """
+  flip_left_right: bool = False
+  random_crop: int = 0
+  random_scale: int = 0
+  random_brightness: int = 0
+
+  def any(self) -> bool:
+    return bool(self.flip_left_right or self.random_crop or
+                self.random_scale or self.random_brightness)
+
+
 class RunConfig(NamedTuple):
   """Where data comes from and where results go."""
   image_dir: str
@@ -95,8 +113,7 @@ class RunConfig(NamedTuple):
   random_brightness: int = 0
   augmentation_copies: int = 0  # 0: 5 when a distortion is set, else none.
 
-  def distortions(self):
-    from retrain.preprocess import Distortions  # pylint: disable=g-import-not-at-top
+  def distortions(self) -> Distortions:
     return Distortions(self.flip_left_right, self.random_crop,
                        self.random_scale, self.random_brightness)
 

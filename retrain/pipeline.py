@@ -20,15 +20,20 @@ from absl import logging
 
 import cache
 from cache import fs
-from retrain import (bottlenecks, export, finetune, finetune_graph, images,
-                     report, report_html, train)
-from retrain import storage  # pylint: disable=unused-import  (gs://, ram://)
 from retrain.checks import check_config
 from retrain.config import HParams, ModelOptions, RunConfig
+from retrain.data import images
+from retrain.deploy import export
 from retrain.errors import UserError
-from retrain.extract import ImageDecoder
-from retrain.model import FeatureExtractor, load_feature_extractor
-from retrain.progress import Progress
+from retrain.features import bottlenecks
+from retrain.features import cut as cuts
+from retrain.features import storage  # pylint: disable=unused-import  (gs://, ram://)
+from retrain.features.extract import ImageDecoder
+from retrain.features.model import FeatureExtractor, load_feature_extractor
+from retrain.features.sets import LabeledBottlenecks
+from retrain.reports import report, report_html
+from retrain.reports.progress import Progress
+from retrain.training import finetune, train
 
 tf1 = tf.compat.v1
 
@@ -76,7 +81,7 @@ class Inputs:
 @dataclasses.dataclass(frozen=True)
 class Bottlenecks:
   """Every usable image's bottleneck, by set (images.CATEGORIES)."""
-  sets: Dict[str, train.LabeledBottlenecks]
+  sets: Dict[str, LabeledBottlenecks]
   filled: cache.FillResult  # The originals: from cache, computed, skipped.
   augmented_computed: int
 
@@ -171,9 +176,8 @@ def load_inputs(config: RunConfig, model_options: ModelOptions,
                                    config.validation_percentage)
   fx = load_feature_extractor(model_options, config.bottleneck_dir)
   if hparams.fine_tuning():
-    finetune_graph.choose_cut(fx.graph_def, fx.bottleneck_tensor,
-                              hparams.fine_tune_layers,
-                              hparams.fine_tune_from or None)
+    cuts.choose_cut(fx.graph_def, fx.bottleneck_tensor,
+                    hparams.fine_tune_layers, hparams.fine_tune_from or None)
   for warning in image_lists.warnings:
     logging.warning("%s", warning)
   logging.info("%d classes: %s", len(image_lists.labels),

@@ -9,9 +9,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
   sys.path.insert(0, REPO)
 
-from retrain import cli  # pylint: disable=g-import-not-at-top
+from retrain import tfimport  # pylint: disable=g-import-not-at-top
 
-cli.quiet_tensorflow()
+tfimport.quiet_tensorflow()
 
 
 def shared_dir() -> str:

@@ -13,9 +13,11 @@ import pytest
 import tensorflow as tf
 
 import cache
-from retrain import model, pipeline, preprocess
+from retrain import pipeline
 from retrain.config import HParams, ModelOptions
+from retrain.data import preprocess
 from retrain.errors import UserError
+from retrain.features import model
 from tests import helpers
 
 tf1 = tf.compat.v1

@@ -9,9 +9,11 @@ import tensorflow as tf
 from PIL import Image
 
 import cache
-from retrain import imageinfo, model, pipeline, preprocess, safety
+from retrain import pipeline
 from retrain.config import HParams, ModelOptions
+from retrain.data import imageinfo, preprocess
 from retrain.errors import UserError
+from retrain.features import model, safety
 from tests import helpers, messy
 
 tf1 = tf.compat.v1

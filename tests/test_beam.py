@@ -80,7 +80,7 @@ def test_two_worker_processes_give_the_in_process_vectors(dev_caches):
 
 def test_a_warm_beam_run_computes_nothing(dev_caches, monkeypatch):
   _, _, beamed, _, options = dev_caches
-  from retrain import beam_extract
+  from retrain.features import beam_extract
   started = []
   monkeypatch.setattr(beam_extract, "compute",
                       lambda *a, **k: started.append(a))
@@ -93,7 +93,7 @@ def test_the_driver_indexes_each_vector_once_from_the_packs(
     small_models, color_images, tmp_path, monkeypatch):
   """In memory: packs flushed inside a bundle, each written twice (as by a
   retried bundle), give every image's vector once, equal to in process."""
-  from retrain import beam_extract
+  from retrain.features import beam_extract
   monkeypatch.setattr(beam_extract, "PACK_SIZE", 3)
   write = beam_extract._WriteVector._write_pack  # pylint: disable=protected-access
   packs = []

@@ -42,7 +42,8 @@ def test_every_source_and_test_file_is_declared():
       assert os.path.isfile(os.path.join(REPO, src)), f"BUILD names {src}"
       declared.add(src)
   on_disk = set()
-  for pattern in ("retrain/*.py", "cache/*.py", "tests/*.py"):
+  for pattern in ("retrain/*.py", "retrain/*/*.py", "cache/*.py",
+                  "tests/*.py"):
     on_disk |= {os.path.relpath(p, REPO)
                 for p in glob.glob(os.path.join(REPO, pattern))}
   assert on_disk - declared == set(), "not declared in BUILD"
@@ -116,10 +117,15 @@ def _imports(path, modules):
   return found
 
 
+def _module_files():
+  return sorted(glob.glob(os.path.join(REPO, "retrain", "*.py")) +
+                glob.glob(os.path.join(REPO, "retrain", "*", "*.py")) +
+                glob.glob(os.path.join(REPO, "cache", "*.py")))
+
+
 def _module_graph():
   modules = {}
-  for path in glob.glob(os.path.join(REPO, "retrain", "*.py")) + glob.glob(
-      os.path.join(REPO, "cache", "*.py")):
+  for path in _module_files():
     name = os.path.relpath(path, REPO)[:-3].replace(os.sep, ".")
     modules[name.replace(".__init__", "")] = path
   graph = {}
@@ -156,15 +162,17 @@ def test_data_flows_one_way():
   for path in glob.glob(os.path.join(REPO, "cache", "*.py")):
     with open(path, encoding="utf-8") as f:
       assert "tensorflow" not in f.read(), path
-  tf_free = {"retrain.label_image", "retrain.cli", "retrain.metadata",
-             "retrain.pil_preprocess", "retrain.images", "retrain.imageinfo",
-             "retrain.errors"}
+  tf_free = {"retrain.label_image", "retrain.cli", "retrain.tfimport",
+             "retrain.deploy.metadata", "retrain.deploy.classifiers",
+             "retrain.data.pil_preprocess", "retrain.data.images",
+             "retrain.data.imageinfo", "retrain.errors", "retrain.config"}
   for name in tf_free:
     with open(os.path.join(REPO, *name.split(".")) + ".py",
               encoding="utf-8") as f:
       top_level = [l for l in f.read().splitlines()
                    if l.startswith(("import ", "from "))]
-    assert not [l for l in top_level if "tensorflow" in l], name
+    assert not [l for l in top_level
+                if re.match(r"(import|from) tensorflow\b", l)], name
     for dep in graph[name]:
       if dep in graph and dep not in tf_free and not dep.startswith("cache"):
         # Only imported inside functions, when TensorFlow is there.
@@ -173,3 +181,74 @@ def test_data_flows_one_way():
           assert not [l for l in f.read().splitlines()
                       if l.startswith(("import ", "from ")) and
                       dep.split(".")[-1] in l], (name, dep)
+
+
+# The packages in data-flow order: a module may import its own package and
+# those of a lower rank, never one of the same rank or above (data and
+# reports share the bottom). "foundation" is what every stage shares.
+LAYERS = (
+    ("cache", ("cache",)),
+    ("foundation", ("retrain", "retrain.errors", "retrain.config",
+                    "retrain.tfimport")),
+    ("data", ("retrain.data",)),
+    ("reports", ("retrain.reports",)),
+    ("features", ("retrain.features",)),
+    ("training", ("retrain.training",)),
+    ("deploy", ("retrain.deploy",)),
+    ("retrain_lib", ("retrain.cli", "retrain.flags", "retrain.checks",
+                     "retrain.pipeline")),
+    ("entry points", ("retrain.__main__", "retrain.label_image")),
+)
+RANKS = {"cache": 0, "foundation": 1, "data": 2, "reports": 2, "features": 3,
+         "training": 4, "deploy": 5, "retrain_lib": 6, "entry points": 7}
+
+
+def _layer(module):
+  for layer, prefixes in LAYERS:
+    for prefix in prefixes:
+      if module == prefix or (prefix not in ("retrain",) and
+                              module.startswith(prefix + ".")):
+        return layer
+  raise AssertionError(f"{module} is in no layer of tests/test_build.py")
+
+
+def test_packages_import_only_downward():
+  """Every import goes to the module's own package or one of lower rank;
+  every module sits in a layer (a new one must be placed)."""
+  wrong = []
+  for name, deps in _module_graph().items():
+    layer = _layer(name)
+    for dep in deps:
+      other = _layer(dep)
+      if other != layer and RANKS[other] >= RANKS[layer]:
+        wrong.append(f"{name} ({layer}) imports {dep} ({other})")
+  assert not wrong, "\n".join(wrong)
+
+
+def test_build_libraries_follow_the_packages():
+  """One BUILD library per layer, declaring exactly its layer's modules and
+  deps on the layers its modules import (all of lower rank)."""
+  targets = _targets()
+  graph = _module_graph()
+  for name, deps in graph.items():
+    layer = _layer(name)
+    if layer == "entry points":
+      continue
+    rule, kwargs = targets[layer]
+    path = os.path.relpath(os.path.join(REPO, *name.split(".")), REPO)
+    srcs = kwargs["srcs"]
+    assert (path + ".py" in srcs or
+            os.path.join(path, "__init__.py") in srcs), (name, layer)
+    needed = {_layer(d) for d in deps} - {layer}
+    declared = {d[1:] for d in kwargs.get("deps", [])}
+    assert needed <= declared, (layer, name, needed - declared)
+  for layer, _ in LAYERS[:-1]:
+    for dep in targets[layer][1].get("deps", []):
+      assert RANKS[dep[1:]] < RANKS[layer], (layer, dep)
+
+
+def test_every_package_says_what_it_holds_and_may_import():
+  for init in glob.glob(os.path.join(REPO, "retrain", "*", "__init__.py")):
+    with open(init, encoding="utf-8") as f:
+      doc = ast.get_docstring(ast.parse(f.read()))
+    assert doc and "import" in doc.lower(), init

@@ -3,9 +3,10 @@
 import numpy as np
 import tensorflow as tf
 
-from retrain import finetune
-from retrain import finetune_graph as fg
-from retrain.train import LabeledBottlenecks
+from retrain.features import cut as cuts
+from retrain.features.sets import LabeledBottlenecks
+from retrain.training import finetune
+from retrain.training import top as tops
 from tests.test_finetune_graph import _chain_graph
 
 tf1 = tf.compat.v1
@@ -16,8 +17,8 @@ def _task(seed=0, n=900):
   3 classes decided by the channels' means (a mixing the frozen top does
   not compute)."""
   gd = _chain_graph()
-  cut = fg.choose_cut(gd, "pool:0", layers=2)
-  shapes = fg.cut_shapes(gd, "input:0", (8, 8), cut)
+  cut = cuts.choose_cut(gd, "pool:0", layers=2)
+  shapes = cuts.cut_shapes(gd, "input:0", (8, 8), cut)
   rng = np.random.default_rng(seed)
   x = np.maximum(rng.normal(size=(n, 8, 8, 4)), 0).astype(np.float32)
   means = x.mean((1, 2))
@@ -45,7 +46,7 @@ def test_fine_tuning_learns_what_the_frozen_top_cannot():
   assert result.best_validation_accuracy >= (
       result.baseline_validation_accuracy + 0.2)
   assert result.history[0].step == 0 and result.history[-1].step == 600
-  original = fg.constant_values(gd, cut.trainable())
+  original = tops.constant_values(gd, cut.trainable())
   assert sorted(result.values) == sorted(original)
   assert max(np.abs(result.values[t] - original[t]).max()
              for t in original) > 1e-3
@@ -58,7 +59,7 @@ def test_stage_one_is_kept_when_stage_two_never_beats_it():
                             np.zeros([6, 3], np.float32),
                             np.zeros([3], np.float32), 3, PARAMS)
   # The good model is now "stage 1": its weights in the frozen graph.
-  stage1 = fg.frozen_with_values(gd, good.values)
+  stage1 = tops.frozen_with_values(gd, good.values)
   diverging = PARAMS._replace(learning_rate=1e4, steps=100)
   again = finetune.fine_tune(stage1, cut, shapes, train, validation,
                              good.weights, good.biases, 3, diverging)

@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from retrain import finetune_graph as fg
 from retrain.errors import UserError
+from retrain.features import cut as cuts
+from retrain.training import top as tops
 
 tf1 = tf.compat.v1
 
@@ -64,44 +65,44 @@ def _branch_graph():
 
 def test_layers_by_count_with_and_without_batch_norm():
   gd = _chain_graph()
-  layers = fg.weight_layers(gd, "pool:0")
+  layers = cuts.weight_layers(gd, "pool:0")
   assert [l.op for l in layers] == ["conv1", "dw2", "conv3"]
   assert [l.bias for l in layers] == ["b1:0", "beta2:0", "bn3_offset:0"]
-  one = fg.choose_cut(gd, "pool:0", layers=1)
+  one = cuts.choose_cut(gd, "pool:0", layers=1)
   assert one.inputs == ("r2:0",) and [l.op for l in one.layers] == ["conv3"]
-  two = fg.choose_cut(gd, "pool:0", layers=2)
+  two = cuts.choose_cut(gd, "pool:0", layers=2)
   assert two.inputs == ("r1:0",)
   # The kernels and the BatchNorm offset train; scale and statistics do not.
   assert two.trainable() == ["w2:0", "beta2:0", "w3:0", "bn3_offset:0"]
-  three = fg.choose_cut(gd, "pool:0", layers=3)
+  three = cuts.choose_cut(gd, "pool:0", layers=3)
   assert three.inputs == ("input:0",) and len(three.layers) == 3
   with pytest.raises(UserError, match="has 3 weight layers"):
-    fg.choose_cut(gd, "pool:0", layers=4)
+    cuts.choose_cut(gd, "pool:0", layers=4)
 
 
 def test_layers_by_tensor():
   gd = _chain_graph()
-  assert fg.choose_cut(gd, "pool:0", from_tensor="r1:0") == fg.choose_cut(
+  assert cuts.choose_cut(gd, "pool:0", from_tensor="r1:0") == cuts.choose_cut(
       gd, "pool:0", layers=2)
   # A cut in the middle of a layer: the conv below it is not trainable,
   # its BatchNorm offset is not either (nothing trainable feeds it).
-  mid = fg.choose_cut(gd, "pool:0", from_tensor="dw2:0")
+  mid = cuts.choose_cut(gd, "pool:0", from_tensor="dw2:0")
   assert [l.op for l in mid.layers] == ["conv3"] and mid.inputs == ("dw2:0",)
   for bad in ("pool:0", "w3:0", "nowhere:0"):
     with pytest.raises(UserError, match="candidates.*r2:0"):
-      fg.choose_cut(gd, "pool:0", from_tensor=bad)
+      cuts.choose_cut(gd, "pool:0", from_tensor=bad)
 
 
 def test_parallel_branches_cache_every_tensor_that_crosses():
   gd = _branch_graph()
-  layers = fg.weight_layers(gd, "pool:0")
+  layers = cuts.weight_layers(gd, "pool:0")
   assert len(layers) == 3
-  cut = fg.choose_cut(gd, "pool:0", layers=1)
+  cut = cuts.choose_cut(gd, "pool:0", layers=1)
   last = cut.layers[0].op
   other = {"branch1": "branch2:0", "branch2": "branch1:0"}[last]
   # The chosen branch's input and the other branch's output both cross.
   assert set(cut.inputs) == {"a:0", other}
-  both = fg.choose_cut(gd, "pool:0", layers=2)
+  both = cuts.choose_cut(gd, "pool:0", layers=2)
   assert both.inputs == ("a:0",)
 
 
@@ -109,7 +110,7 @@ def test_parallel_branches_cache_every_tensor_that_crosses():
                                         (_chain_graph, 3), (_branch_graph, 1)])
 def test_trainable_top_gives_the_frozen_models_outputs(make, count):
   gd = make()
-  cut = fg.choose_cut(gd, "pool:0", layers=count)
+  cut = cuts.choose_cut(gd, "pool:0", layers=count)
   rng = np.random.default_rng(2)
   images = rng.uniform(-1, 1, [5, 8, 8, 3]).astype(np.float32)
   frozen = tf.Graph()
@@ -118,11 +119,11 @@ def test_trainable_top_gives_the_frozen_models_outputs(make, count):
                                                      *cut.inputs], name="")
   with tf1.Session(graph=frozen) as sess:
     want, *activations = sess.run(outs, {"input:0": images})
-  shapes = fg.cut_shapes(gd, "input:0", (8, 8), cut)
+  shapes = cuts.cut_shapes(gd, "input:0", (8, 8), cut)
   assert all(s[0] is None for s in shapes.values())
   graph = tf.Graph()
   with graph.as_default():
-    top = fg.build_trainable_top(gd, cut, shapes)
+    top = tops.build_trainable_top(gd, cut, shapes)
     init = tf1.global_variables_initializer()
     assert sorted(top.variables) == sorted(cut.trainable())
     assert {v.name.split(":")[0] for v in tf1.trainable_variables()} == {
@@ -141,13 +142,13 @@ def test_real_mobilenet_top_block(shared):
                       "frozen_graph.pb")
   gd = tf1.GraphDef.FromString(open(path, "rb").read())
   bottleneck = "MobilenetV1/Logits/AvgPool_1a/AvgPool:0"
-  cut = fg.choose_cut(gd, bottleneck, layers=2)
+  cut = cuts.choose_cut(gd, bottleneck, layers=2)
   assert [l.op.split("/")[-2] for l in cut.layers] == [
       "Conv2d_13_depthwise", "Conv2d_13_pointwise"]
   assert cut.inputs == ("MobilenetV1/MobilenetV1/Conv2d_12_pointwise/Relu6:0",)
   assert all(l.bias and l.bias.endswith("batchnorm/sub:0")
              for l in cut.layers)
-  shapes = fg.cut_shapes(gd, "input:0", (128, 128), cut)
+  shapes = cuts.cut_shapes(gd, "input:0", (128, 128), cut)
   assert shapes[cut.inputs[0]] == [None, 4, 4, 256]
 
 
@@ -159,9 +160,9 @@ def test_real_efficientnet_residual_cut_gives_the_same_features(shared):
   path = os.path.join(shared, "models", "efficientnet_lite0",
                       "frozen_graph.pb")
   gd = tf1.GraphDef.FromString(open(path, "rb").read())
-  cut = fg.choose_cut(gd, "feature_vector:0", layers=5)
+  cut = cuts.choose_cut(gd, "feature_vector:0", layers=5)
   assert len(cut.inputs) == 2 and len(cut.layers) == 5
-  shapes = fg.cut_shapes(gd, "input:0", (224, 224), cut)
+  shapes = cuts.cut_shapes(gd, "input:0", (224, 224), cut)
   images = np.random.default_rng(3).uniform(-1, 1, [2, 224, 224, 3])
   frozen = tf.Graph()
   with frozen.as_default():
@@ -172,7 +173,7 @@ def test_real_efficientnet_residual_cut_gives_the_same_features(shared):
     want, *activations = sess.run(outs, {x: images})
   graph = tf.Graph()
   with graph.as_default():
-    top = fg.build_trainable_top(gd, cut, shapes)
+    top = tops.build_trainable_top(gd, cut, shapes)
     init = tf1.global_variables_initializer()
   with tf1.Session(graph=graph) as sess:
     sess.run(init)
@@ -183,9 +184,9 @@ def test_real_efficientnet_residual_cut_gives_the_same_features(shared):
 
 def test_cut_vectors_hold_exactly_the_crossing_tensors():
   gd = _branch_graph()
-  cut = fg.choose_cut(gd, "pool:0", layers=1)
-  shapes = fg.cut_shapes(gd, "input:0", (8, 8), cut)
-  vector_gd, size = fg.cut_vector_graph(gd, "input:0", (8, 8), cut)
+  cut = cuts.choose_cut(gd, "pool:0", layers=1)
+  shapes = cuts.cut_shapes(gd, "input:0", (8, 8), cut)
+  vector_gd, size = cuts.cut_vector_graph(gd, "input:0", (8, 8), cut)
   assert size == sum(int(np.prod(shapes[t][1:])) for t in cut.inputs)
   images = np.random.default_rng(4).uniform(-1, 1, [3, 8, 8, 3])
   frozen = tf.Graph()
@@ -197,11 +198,11 @@ def test_cut_vectors_hold_exactly_the_crossing_tensors():
   graph = tf.Graph()
   with graph.as_default():
     vectors, = tf1.import_graph_def(vector_gd, return_elements=[
-        fg.CUT_OUTPUT + ":0"], name="")
-    parts = fg.split_cut_vector(vectors, cut, shapes)
+        cuts.CUT_OUTPUT + ":0"], name="")
+    parts = tops.split_cut_vector(vectors, cut, shapes)
   with tf1.Session(graph=graph) as sess:
     got = sess.run([parts[t] for t in cut.inputs],
-                   {fg.CUT_INPUT + ":0": images})
+                   {cuts.CUT_INPUT + ":0": images})
   for g_, w in zip(got, want):
     np.testing.assert_array_equal(g_, w)
 
@@ -210,7 +211,7 @@ def test_trained_values_go_back_into_the_frozen_graph():
   """frozen_with_values: unchanged values, the same model; changed values
   (as training leaves them), the variable top's outputs."""
   gd = _chain_graph()
-  cut = fg.choose_cut(gd, "pool:0", layers=2)
+  cut = cuts.choose_cut(gd, "pool:0", layers=2)
   images = np.random.default_rng(5).uniform(-1, 1, [4, 8, 8, 3])
 
   def features(graph_def):
@@ -220,13 +221,13 @@ def test_trained_values_go_back_into_the_frozen_graph():
                                   name="")
     with tf1.Session(graph=g) as sess:
       return sess.run(out, {"input:0": images})
-  values = fg.constant_values(gd, cut.trainable())
-  np.testing.assert_allclose(features(fg.frozen_with_values(gd, values)),
+  values = tops.constant_values(gd, cut.trainable())
+  np.testing.assert_allclose(features(tops.frozen_with_values(gd, values)),
                              features(gd), atol=1e-6)
-  shapes = fg.cut_shapes(gd, "input:0", (8, 8), cut)
+  shapes = cuts.cut_shapes(gd, "input:0", (8, 8), cut)
   graph = tf.Graph()
   with graph.as_default():
-    top = fg.build_trainable_top(gd, cut, shapes)
+    top = tops.build_trainable_top(gd, cut, shapes)
     nudge = tf.group(*[v.assign_add(0.1 * tf.ones_like(v))
                        for v in top.variables.values()])
     init = tf1.global_variables_initializer()
@@ -239,11 +240,11 @@ def test_trained_values_go_back_into_the_frozen_graph():
     trained = sess.run(top.bottleneck, dict(zip(
         [top.inputs[t] for t in cut.inputs], activations)))
     new_values = sess.run({t: v for t, v in top.variables.items()})
-  exported = features(fg.frozen_with_values(gd, new_values))
+  exported = features(tops.frozen_with_values(gd, new_values))
   assert np.abs(exported - features(gd)).max() > 1e-3  # Values changed.
   np.testing.assert_allclose(exported, trained, atol=1e-5)
   with pytest.raises(ValueError):
-    fg.frozen_with_values(gd, {"bn2:1": np.zeros(4)})
+    tops.frozen_with_values(gd, {"bn2:1": np.zeros(4)})
 
 
 def test_cut_activations_are_cached_like_bottlenecks(small_models,
@@ -253,16 +254,16 @@ def test_cut_activations_are_cached_like_bottlenecks(small_models,
   the vectors are the frozen model's activations at the cut."""
   import os
   import cache
-  from retrain import model
   from retrain.config import ModelOptions
-  from retrain.extract import BottleneckExtractor, ImageDecoder
+  from retrain.features import model
+  from retrain.features.extract import BottleneckExtractor, ImageDecoder
   fx = model.load_feature_extractor(
       ModelOptions(graph=small_models["inception"], tfhub_module=""))
-  cut = fg.choose_cut(fx.graph_def, fx.bottleneck_tensor, layers=1)
-  cfx = fg.cut_feature_extractor(fx, cut)
-  other = fg.cut_feature_extractor(
-      fx, fg.choose_cut(fx.graph_def, fx.bottleneck_tensor,
-                        from_tensor="Mul:0"))
+  cut = cuts.choose_cut(fx.graph_def, fx.bottleneck_tensor, layers=1)
+  cfx = cuts.cut_feature_extractor(fx, cut)
+  other = cuts.cut_feature_extractor(
+      fx, cuts.choose_cut(fx.graph_def, fx.bottleneck_tensor,
+                          from_tensor="Mul:0"))
   assert len({fx.tag, cfx.tag, other.tag}) == 3
   refs = []
   for root, _, files in os.walk(color_images):

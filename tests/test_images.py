@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from retrain import images
+from retrain.data import images
 from retrain.errors import UserError
 
 # Computed independently (SHA-1 of the name, the classic bucket formula), at

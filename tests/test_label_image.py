@@ -6,7 +6,9 @@ import os
 import numpy as np
 import pytest
 
-from retrain import extract, label_image, pil_preprocess, preprocess
+from retrain.data import pil_preprocess, preprocess
+from retrain.deploy import classifiers
+from retrain.features import extract
 from tests import helpers
 
 
@@ -81,7 +83,7 @@ def test_pillow_decoder_reports_bad_images():
 def test_litert_is_used_when_installed(tmp_path):
   helpers.require("ai_edge_litert")
   path = _tiny_tflite(tmp_path)
-  _, runtime = label_image.tflite_interpreter(path)
+  _, runtime = classifiers.tflite_interpreter(path)
   assert runtime == "ai_edge_litert"
 
 
@@ -90,7 +92,7 @@ def test_tf_lite_without_litert(tmp_path, monkeypatch):
   path = _tiny_tflite(tmp_path)
   monkeypatch.setitem(sys.modules, "ai_edge_litert", None)
   monkeypatch.setitem(sys.modules, "ai_edge_litert.interpreter", None)
-  interpreter, runtime = label_image.tflite_interpreter(path)
+  interpreter, runtime = classifiers.tflite_interpreter(path)
   assert runtime == "tf.lite"
   assert interpreter.get_input_details()[0]["shape"].tolist() == [1, 4]
 
@@ -103,7 +105,7 @@ def test_without_litert_or_tensorflow_says_what_to_install(tmp_path,
   for name in ("tensorflow", "ai_edge_litert", "ai_edge_litert.interpreter"):
     monkeypatch.setitem(sys.modules, name, None)
   with pytest.raises(UserError, match="pip install ai-edge-litert pillow"):
-    label_image.tflite_interpreter(path)
+    classifiers.tflite_interpreter(path)
 
 
 def test_graph_export_without_tensorflow_is_one_line(tmp_path):

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from retrain import model
 from retrain.config import ModelOptions
 from retrain.errors import UserError
+from retrain.features import model
 
 tf1 = tf.compat.v1
 
@@ -200,7 +200,7 @@ def test_cached_frozen_module_is_checked_for_unsafe_ops(small_models,
 
 
 def test_model_failing_on_batches_is_a_clear_error(tmp_path):
-  from retrain.extract import BottleneckExtractor
+  from retrain.features.extract import BottleneckExtractor
   g = tf.Graph()
   with g.as_default():
     x = tf1.placeholder(tf.float32, [None, 8, 8, 3], name="x")
@@ -222,7 +222,7 @@ def test_model_failing_on_batches_is_a_clear_error(tmp_path):
 
 
 def test_batch_tuner_picks_the_fastest_size_and_stops_when_slower():
-  from retrain.extract import BatchTuner
+  from retrain.features.extract import BatchTuner
   speed = {8: 100.0, 16: 130.0, 32: 90.0, 64: 200.0}  # images/s
   tuner = BatchTuner((8, 16, 32, 64))
   seen = []
@@ -245,8 +245,8 @@ def test_automatic_batch_size_is_used_logged_and_changes_nothing(
     small_models, color_images, monkeypatch):
   """Unset --bottleneck_batch_size: sizes are timed on the first real
   batches, the choice is logged, and the vectors equal a batch-1 run."""
-  from retrain import extract
-  from retrain.extract import BottleneckExtractor
+  from retrain.features import extract
+  from retrain.features.extract import BottleneckExtractor
   fx = model.load_feature_extractor(
       ModelOptions(graph=small_models["inception"], tfhub_module=""))
   paths = sorted(os.path.join(root, f) for root, _, files in
@@ -275,7 +275,7 @@ def test_automatic_batch_size_is_used_logged_and_changes_nothing(
 
 def test_batch_sizes_whose_activations_are_too_large_are_not_tried(
     monkeypatch):
-  from retrain import extract
+  from retrain.features import extract
   graph = tf.Graph()
   with graph.as_default():
     x = tf.compat.v1.placeholder(tf.float32, [None, 100, 100, 3])

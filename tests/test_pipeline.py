@@ -8,9 +8,10 @@ import os
 import numpy as np
 import pytest
 
-from retrain import model, pipeline
+from retrain import pipeline
 from retrain.config import HParams, ModelOptions
 from retrain.errors import UserError
+from retrain.features import model
 from tests import helpers
 
 FAST = HParams(how_many_training_steps=200, learning_rate=0.05,
@@ -250,24 +251,25 @@ def test_bottlenecks_over_the_memory_budget_train_from_disk_identically(
 
 
 def test_label_image_uses_the_preprocessing_the_json_records():
-  from retrain import label_image, preprocess
+  from retrain.data import preprocess
+  from retrain.deploy import classifiers
   recorded = {"model": {"preprocessing": preprocess.Preprocessing(
       jpeg_dct_keep=0, antialias_over=1.0).describe()}}
-  assert label_image._preprocessing(recorded) == preprocess.PREPROCESSINGS[
+  assert classifiers._preprocessing(recorded) == preprocess.PREPROCESSINGS[
       "exact"]
-  assert label_image._preprocessing({"model": {"preprocessing": (
+  assert classifiers._preprocessing({"model": {"preprocessing": (
       preprocess.PREPROCESSINGS["fast"].describe())}}) == (
           preprocess.PREPROCESSINGS["fast"])
   # Exports written before the rule was recorded used DCT keep 2x and
   # always antialiased.
-  assert label_image._preprocessing({"model": {}}) == preprocess.Preprocessing(
+  assert classifiers._preprocessing({"model": {}}) == preprocess.Preprocessing(
       jpeg_dct_keep=2, antialias_over=1.0)
 
 
 def test_export_graph_template_is_cached_and_checked(trained, small_models,
                                                      monkeypatch, tmp_path):
   kind, config, result, tmp = trained
-  from retrain import export
+  from retrain.deploy import export
   folder = os.path.join(config.bottleneck_dir, model.MODULE_CACHE)
   templates = [n for n in os.listdir(folder) if n.endswith(".export.pb")]
   assert len(templates) == 1

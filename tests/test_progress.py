@@ -2,7 +2,7 @@
 
 import io
 
-from retrain.progress import Progress
+from retrain.reports.progress import Progress
 
 
 class _Tty(io.StringIO):

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from retrain import report
+from retrain.reports import report
 from tests import helpers
 
 LABELS = ["cat", "dog", "owl"]
@@ -90,7 +90,7 @@ def test_confusion_png_with_matplotlib(tmp_path):
 
 def _evaluation(tmp_path, wrong=3):
   import numpy as np
-  from retrain import report
+  from retrain.reports import report
   from PIL import Image
   paths = []
   for i in range(6):
@@ -107,14 +107,14 @@ def _evaluation(tmp_path, wrong=3):
 
 
 def _curve():
-  from retrain import report_html
+  from retrain.reports import report_html
   return report_html.Curve("head", [10, 20, 30], [0.5, 0.7, 0.9],
                            [1.0, 0.6, 0.3], [0.4, 0.6, None],
                            [1.1, 0.7, None])
 
 
 def test_html_report_has_tables_curves_and_worst_mistakes_first(tmp_path):
-  from retrain import report_html
+  from retrain.reports import report_html
   evaluation = _evaluation(tmp_path)
   path = report_html.write_html(str(tmp_path), evaluation, [_curve()],
                                 {"model": "m.pb"})
@@ -134,7 +134,7 @@ def test_html_report_has_tables_curves_and_worst_mistakes_first(tmp_path):
 
 def test_html_report_gallery_is_capped_and_unreadable_images_named(
     tmp_path, monkeypatch):
-  from retrain import report_html
+  from retrain.reports import report_html
   evaluation = _evaluation(tmp_path, wrong=3)
   monkeypatch.setattr(report_html, "MAX_GALLERY", 2)
   import os
@@ -147,7 +147,7 @@ def test_html_report_gallery_is_capped_and_unreadable_images_named(
 
 
 def test_html_report_without_mistakes_or_validation(tmp_path):
-  from retrain import report_html
+  from retrain.reports import report_html
   evaluation = _evaluation(tmp_path, wrong=0)
   curve = _curve()._replace(validation_accuracy=[None] * 3,
                             validation_cross_entropy=[None] * 3)

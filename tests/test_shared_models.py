@@ -117,8 +117,8 @@ def test_tflite_int8_agrees_with_float(shared, tmp_path, kind):
 def test_frozen_graph_and_saved_model_give_the_same_bottlenecks(shared,
                                                                 tmp_path):
   """Both formats of one model agree, as the shared README measured (2e-5)."""
-  from retrain import model
-  from retrain.extract import BottleneckExtractor
+  from retrain.features import model
+  from retrain.features.extract import BottleneckExtractor
   model_dir = os.path.join(shared, "models", MODEL)
   photos = os.path.join(shared, "models", "test_images")
   paths = sorted(os.path.join(photos, p) for p in os.listdir(photos)
@@ -163,7 +163,7 @@ def test_classic_client_feeds_the_models_own_input(flower_run, shared):
   model's mean/std, feed the model's input (input:0 for slim MobileNets),
   read final_result:0."""
   import json
-  from retrain import label_image
+  from retrain.deploy.classifiers import load_classifier
   kind, config, result, tmp, _ = flower_run
   with open(os.path.splitext(config.output_graph)[0] + ".json") as f:
     model_input = json.load(f)["inputs"]["model_input"]
@@ -173,7 +173,7 @@ def test_classic_client_feeds_the_models_own_input(flower_run, shared):
   else:  # The module's own input, taking [0, 1].
     assert (model_input["mean"], model_input["std"]) == (0.0, 255.0)
   photos = _test_images(shared)
-  _, ours, _ = label_image.load_classifier(config.output_graph).classify(
+  _, ours, _ = load_classifier(config.output_graph).classify(
       photos)
   classic = helpers.export_probabilities("classic", config.output_graph,
                                          photos, tmp)

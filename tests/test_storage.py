@@ -8,9 +8,10 @@ import pytest
 import tensorflow as tf
 
 from cache import fs
-from retrain import pipeline, storage
+from retrain import pipeline
 from retrain.config import HParams, ModelOptions
 from retrain.errors import UserError
+from retrain.features import storage
 from tests import helpers
 
 gfile = tf.io.gfile

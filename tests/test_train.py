@@ -3,8 +3,8 @@
 import numpy as np
 import tensorflow as tf
 
-from retrain import train
 from retrain.config import HParams
+from retrain.training import train
 
 
 def test_balanced_sampler_picks_classes_uniformly():

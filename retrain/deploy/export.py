@@ -29,11 +29,12 @@ import tensorflow as tf
 from google.protobuf import message as pb_message
 
 from cache import fs
-from retrain import model as model_module
-from retrain import preprocess, safety
-from retrain.metadata import SAVED_MODEL_METADATA, metadata_path, relative_to
-from retrain.model import (MODULE_CACHE, FeatureExtractor, build_bottleneck,
-                           import_cnn, scale_images)
+from retrain.data import preprocess
+from retrain.deploy.metadata import SAVED_MODEL_METADATA, metadata_path, relative_to
+from retrain.features import model as model_module
+from retrain.features import safety
+from retrain.features.model import (MODULE_CACHE, FeatureExtractor, build_bottleneck,
+                                    import_cnn, scale_images)
 
 tf1 = tf.compat.v1
 

@@ -19,9 +19,10 @@ from google.protobuf import message as pb_message
 
 from cache import fs
 from cache.naming import model_tag
-from retrain import preprocess, safety
 from retrain.config import ModelOptions
+from retrain.data import preprocess
 from retrain.errors import UserError
+from retrain.features import safety
 
 tf1 = tf.compat.v1
 

@@ -1,7 +1,7 @@
 """Stage 2 of transfer learning: train the top of the CNN with the new layer.
 
 Input: the cached cut vectors of the training and validation images
-(finetune_graph.cut_feature_extractor), the cut, and the softmax layer that
+(features.cut.cut_feature_extractor), the cut, and the softmax layer that
 stage 1 trained on bottlenecks. Each step runs only the trainable top,
 forward and backward, on a sampled batch: SGD with momentum, BatchNorm in
 inference mode (its statistics and scale are constants). Validation accuracy
@@ -25,11 +25,14 @@ import tensorflow as tf
 from absl import logging
 
 from cache.naming import model_tag
-from retrain import bottlenecks, images
-from retrain import finetune_graph as fg
 from retrain.config import HParams, RunConfig
-from retrain.model import FeatureExtractor
-from retrain.train import SAMPLERS, LabeledBottlenecks, sample_subset
+from retrain.data import images
+from retrain.features import bottlenecks
+from retrain.features import cut as cuts
+from retrain.features.model import FeatureExtractor
+from retrain.features.sets import LabeledBottlenecks
+from retrain.training import top as tops
+from retrain.training.train import SAMPLERS, sample_subset
 
 tf1 = tf.compat.v1
 
@@ -94,7 +97,7 @@ class FineTuned:
     return self.best_step > 0
 
 
-def fine_tune(graph_def: tf1.GraphDef, cut: fg.Cut,
+def fine_tune(graph_def: tf1.GraphDef, cut: cuts.Cut,
               shapes: Dict[str, List[Optional[int]]],
               train: LabeledBottlenecks,
               validation: LabeledBottlenecks,
@@ -116,7 +119,7 @@ def fine_tune(graph_def: tf1.GraphDef, cut: fg.Cut,
     test: cut vectors whose probabilities the best model gives back, read
       the same way.
     log: called with every evaluation's StagePoint.
-    values: the cut's trainable constants (fg.constant_values), if known.
+    values: the cut's trainable constants (tops.constant_values), if known.
   """
   rng = np.random.default_rng(params.random_seed)
   sampler = SAMPLERS[params.class_sampling](train.y, class_count, rng)
@@ -128,9 +131,9 @@ def fine_tune(graph_def: tf1.GraphDef, cut: fg.Cut,
     labels = tf1.placeholder(tf.int64, [None], name="labels")
     # The top reads its inputs from the vectors: its placeholders are
     # mapped onto the split cut vector.
-    parts = fg.split_cut_vector(vectors, cut, shapes)
-    top = fg.build_trainable_top(graph_def, cut, shapes, input_map=parts,
-                                 values=values)
+    parts = tops.split_cut_vector(vectors, cut, shapes)
+    top = tops.build_trainable_top(graph_def, cut, shapes, input_map=parts,
+                                   values=values)
     w = tf1.Variable(weights.astype(np.float32), name="final_weights")
     b = tf1.Variable(biases.astype(np.float32), name="final_biases")
     logits = tf.matmul(top.bottleneck, w) + b
@@ -238,7 +241,7 @@ DEFAULT_EPOCHS = 10
 class Stage:
   """What stage 2 did, and the model to export after it."""
   result: FineTuned
-  cut: fg.Cut
+  cut: cuts.Cut
   fx: FeatureExtractor  # Fine-tuned weights inside, or the original model.
   parameters: int  # Trainable numbers in the CNN's top.
   seconds: float
@@ -253,10 +256,10 @@ def cut_vectors(image_lists: images.ImageLists, fx: FeatureExtractor,
   Returns (cut, shapes, the cut's FeatureExtractor, sets by category,
   vectors computed).
   """
-  cut = fg.choose_cut(fx.graph_def, fx.bottleneck_tensor,
-                      hparams.fine_tune_layers, hparams.fine_tune_from or None)
-  shapes = fg.cut_shapes(fx.graph_def, fx.input_tensor, fx.input_size, cut)
-  cfx = fg.cut_feature_extractor(fx, cut)
+  cut = cuts.choose_cut(fx.graph_def, fx.bottleneck_tensor,
+                        hparams.fine_tune_layers, hparams.fine_tune_from or None)
+  shapes = cuts.cut_shapes(fx.graph_def, fx.input_tensor, fx.input_size, cut)
+  cfx = cuts.cut_feature_extractor(fx, cut)
   logging.info("Fine-tuning cut at %s: %.1f KB per image in the cache",
                ", ".join(f"{t} {shapes[t][1:]}" for t in cut.inputs),
                cfx.bottleneck_size * 4 / 1024)
@@ -283,7 +286,7 @@ def run_stage(image_lists: images.ImageLists, fx: FeatureExtractor,
   # In memory within --max_in_memory_mb, else read from the cache files
   # where needed (a step reads its batch; evaluations read in batches).
   sets = bottlenecks.keep_in_memory(sets, config, "Cut activations")
-  values = fg.constant_values(fx.graph_def, cut.trainable())
+  values = tops.constant_values(fx.graph_def, cut.trainable())
   parameters = int(sum(v.size for v in values.values()))
   logging.info("Fine-tuning %d layers (%s parameters): %s", len(cut.layers),
                f"{parameters:,}", ", ".join(cut.trainable()))
@@ -326,7 +329,7 @@ def run_stage(image_lists: images.ImageLists, fx: FeatureExtractor,
     for t in sorted(result.values):
       digest.update(np.ascontiguousarray(result.values[t]).tobytes())
     tuned = dataclasses.replace(
-        fx, graph_def=fg.frozen_with_values(fx.graph_def, result.values),
+        fx, graph_def=tops.frozen_with_values(fx.graph_def, result.values),
         tag=model_tag(fx.tag.rsplit("-", 1)[0] + "_tuned",
                       digest.hexdigest()),
         source=f"{fx.source} (fine-tuned)")

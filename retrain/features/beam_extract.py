@@ -123,12 +123,12 @@ def _worker_setup():
   first call does the work, the others wait for it)."""
   with _setup_lock:
     first = sys.modules.get("tensorflow") is None
-    from retrain import cli  # pylint: disable=g-import-not-at-top
-    cli.quiet_tensorflow(show_startup=not _QUIET)
-    from retrain import storage  # pylint: disable=g-import-not-at-top,unused-import
+    from retrain import tfimport  # pylint: disable=g-import-not-at-top
+    tfimport.quiet_tensorflow(show_startup=not _QUIET)
+    from retrain.features import storage  # pylint: disable=g-import-not-at-top,unused-import
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
     if first:
-      cli.freeze_imports()  # The worker exits 0.6 s sooner.
+      tfimport.freeze_imports()  # The worker exits 0.6 s sooner.
   return tf
 
 
@@ -150,7 +150,7 @@ class _Model:
   def _load(self, job: Job) -> None:
     try:
       tf = _worker_setup()
-      from retrain.model import build_bottleneck  # pylint: disable=g-import-not-at-top
+      from retrain.features.model import build_bottleneck  # pylint: disable=g-import-not-at-top
       tf1 = tf.compat.v1
       fx = dataclasses.replace(job.fx, graph_def=tf1.GraphDef.FromString(
           fs.for_path(job.graph_path).read_bytes(job.graph_path)))
@@ -239,7 +239,7 @@ class _Decode(beam.DoFn):
 
   def setup(self) -> None:
     _worker_setup()
-    from retrain.extract import ImageDecoder, augmentation_seed  # pylint: disable=g-import-not-at-top
+    from retrain.features.extract import ImageDecoder, augmentation_seed  # pylint: disable=g-import-not-at-top
     self.seed_of = augmentation_seed
     self.decoder = ImageDecoder(self.job.fx.input_size, self.job.distortions,
                                 self.job.fx.preprocessing)

@@ -14,9 +14,9 @@ import tensorflow as tf
 from absl import logging
 
 from cache import fs
-from retrain import imageinfo, preprocess
+from retrain.data import imageinfo, preprocess
 from retrain.errors import UserError
-from retrain.model import FeatureExtractor, build_bottleneck
+from retrain.features.model import FeatureExtractor, build_bottleneck
 
 tf1 = tf.compat.v1
 

@@ -14,11 +14,12 @@ import numpy as np
 from absl import logging
 
 import cache
-from retrain import images, train
 from retrain.config import RunConfig
-from retrain.extract import BottleneckExtractor
-from retrain.model import FeatureExtractor
-from retrain.progress import Progress
+from retrain.data import images
+from retrain.features.extract import BottleneckExtractor
+from retrain.features.model import FeatureExtractor
+from retrain.features.sets import LabeledBottlenecks
+from retrain.reports.progress import Progress
 
 # Marks augmented copies in training set paths: "<image path>#augmented<k>".
 AUGMENTED_MARK = "#augmented"
@@ -69,7 +70,7 @@ def _beam_compute(store: cache.BottleneckCache,
                   config: RunConfig):
   """Runs the Beam pipeline over `missing`, then yields what it computed
   (or why an image cannot be used), as an extractor's compute would."""
-  from retrain import beam_extract  # pylint: disable=g-import-not-at-top
+  from retrain.features import beam_extract  # pylint: disable=g-import-not-at-top
   return beam_extract.compute(
       missing, work.fx, store.tag, config.bottleneck_dir, config.beam_runner,
       config.beam_options, config.bottleneck_batch_size or
@@ -80,7 +81,7 @@ def _beam_compute(store: cache.BottleneckCache,
 def compute_bottlenecks(image_lists: images.ImageLists, fx: FeatureExtractor,
                         config: RunConfig, random_seed: int = 0,
                         what: str = "Bottlenecks"
-                        ) -> Tuple[Dict[str, train.LabeledBottlenecks],
+                        ) -> Tuple[Dict[str, LabeledBottlenecks],
                                    cache.FillResult, int]:
   """The bottlenecks of every image, by set, from the cache or computed.
 
@@ -107,7 +108,7 @@ def compute_bottlenecks(image_lists: images.ImageLists, fx: FeatureExtractor,
   for cat in images.CATEGORIES:
     keep = (category == cat) & result.ok
     rows = np.flatnonzero(keep)
-    sets[cat] = train.LabeledBottlenecks(
+    sets[cat] = LabeledBottlenecks(
         result.vectors, truth[keep], [refs[i].path for i in rows], rows)
   augmented = 0
   if copies:
@@ -122,21 +123,21 @@ def compute_bottlenecks(image_lists: images.ImageLists, fx: FeatureExtractor,
                      _Work(fx, distortions, copy, random_seed), config)
       augmented += filled.computed
       rows = np.flatnonzero(filled.ok)
-      parts.append(train.LabeledBottlenecks(
+      parts.append(LabeledBottlenecks(
           filled.vectors, truth[train_keep][rows],
           [f"{train_refs[i].path}{AUGMENTED_MARK}{copy}" for i in rows],
           rows))
     # Still a view over the memory-mapped cache files (keep_in_memory).
-    sets[images.TRAINING] = train.LabeledBottlenecks.stack(parts)
+    sets[images.TRAINING] = LabeledBottlenecks.stack(parts)
     logging.info("Augmentation: %d distorted copies of %d training images "
                  "(%s), %d computed, the rest from cache", copies,
                  len(train_refs), distortions, augmented)
   return sets, result, augmented
 
 
-def keep_in_memory(sets: Dict[str, train.LabeledBottlenecks],
+def keep_in_memory(sets: Dict[str, LabeledBottlenecks],
                    config: RunConfig, what: str = "Bottlenecks"
-                   ) -> Dict[str, train.LabeledBottlenecks]:
+                   ) -> Dict[str, LabeledBottlenecks]:
   """The sets loaded into memory, unless larger than the memory budget; then
   training reads them where needed from the memory-mapped cache index."""
   size = sum(len(s) * s.x.shape[1] * 4 for s in sets.values()

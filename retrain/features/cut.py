@@ -1,13 +1,14 @@
-"""Where to cut a frozen CNN for fine-tuning, and its top as variables.
+"""Where to cut a frozen CNN for fine-tuning, and the cut's activations as
+cached features.
 
 Fine-tuning (issue 10) trains the last weight layers below the bottleneck.
 This module finds them in any frozen GraphDef (a layer = a Conv2D,
 DepthwiseConv2dNative or MatMul with a constant kernel, and the bias or
 BatchNorm offset that follows it; BatchNorm scales and moving statistics stay
-frozen), the tensors that cross into that trainable top (one for a chain like
-MobileNet, several across skip connections or parallel branches), and builds
-the top with the chosen constants replaced by tf.Variables initialised from
-their values. TF1-style graph; no session state is kept here.
+frozen) and the tensors that cross into that trainable top (one for a chain
+like MobileNet, several across skip connections or parallel branches). The
+cut's tensors, flattened per image, are cached like bottlenecks
+(cut_feature_extractor); training.top builds the top itself with variables.
 """
 
 import dataclasses
@@ -20,7 +21,7 @@ import tensorflow as tf
 
 from cache.naming import model_tag
 from retrain.errors import UserError
-from retrain.model import FeatureExtractor
+from retrain.features.model import FeatureExtractor
 
 tf1 = tf.compat.v1
 
@@ -51,7 +52,7 @@ class Cut:
             if t]
 
 
-def _node(tensor: str) -> str:
+def node_name(tensor: str) -> str:
   return tensor.split(":")[0].lstrip("^")
 
 
@@ -68,8 +69,8 @@ class _Graph:
     self.consumers: Dict[str, List[str]] = {n: [] for n in self.nodes}
     for n in graph_def.node:
       for i in n.input:
-        if not i.startswith("^") and _node(i) in self.consumers:
-          self.consumers[_node(i)].append(n.name)
+        if not i.startswith("^") and node_name(i) in self.consumers:
+          self.consumers[node_name(i)].append(n.name)
     self._constant: Dict[str, bool] = {}
 
   def inputs(self, name: str) -> List[str]:
@@ -86,7 +87,7 @@ class _Graph:
         result = False
       else:
         self._constant[name] = False  # Cycles (none in a GraphDef) stop.
-        result = all(self.constant(_node(i)) for i in self.inputs(name))
+        result = all(self.constant(node_name(i)) for i in self.inputs(name))
       self._constant[name] = result
     return self._constant[name]
 
@@ -97,7 +98,7 @@ class _Graph:
       n = stack.pop()
       if n not in seen:
         seen.add(n)
-        stack.extend(_node(i) for i in self.inputs(n))
+        stack.extend(node_name(i) for i in self.inputs(n))
     return seen
 
   def descendants(self, name: str, within: Set[str]) -> Set[str]:
@@ -126,8 +127,8 @@ class _Graph:
         if m in placed:
           continue
         stack.append((m, True))
-        for i in sorted((_node(i) for i in self.inputs(m)
-                         if _node(i) in names), key=self.index.get,
+        for i in sorted((node_name(i) for i in self.inputs(m)
+                         if node_name(i) in names), key=self.index.get,
                         reverse=True):
           if i not in placed:
             stack.append((i, False))
@@ -142,8 +143,8 @@ def _bias_of(g: _Graph, op: str, below: Set[str]) -> Optional[str]:
   added after a multiplication by a constant (a BatchNorm folded into
   Mul and Add, as slim graphs have)."""
   def constant_other(node, known):
-    others = [i for i in g.inputs(node) if _node(i) != known]
-    if len(others) == 1 and g.constant(_node(others[0])):
+    others = [i for i in g.inputs(node) if node_name(i) != known]
+    if len(others) == 1 and g.constant(node_name(others[0])):
       return _tensor(others[0])
     return None
   current = op
@@ -154,7 +155,7 @@ def _bias_of(g: _Graph, op: str, below: Set[str]) -> Optional[str]:
     user = g.nodes[users[0]]
     if user.op in _BATCH_NORMS:
       offset = user.input[2]
-      return _tensor(offset) if g.constant(_node(offset)) else None
+      return _tensor(offset) if g.constant(node_name(offset)) else None
     if user.op in _ADDS:
       return constant_other(user.name, current)
     if user.op == "Mul" and constant_other(user.name, current):
@@ -168,15 +169,15 @@ def weight_layers(graph_def: tf1.GraphDef,
                   bottleneck: str) -> List[Layer]:
   """The weight layers the bottleneck depends on, bottom to top."""
   g = _Graph(graph_def)
-  if _node(bottleneck) not in g.nodes:
+  if node_name(bottleneck) not in g.nodes:
     raise UserError(f"{bottleneck} is not in the graph")
-  below = g.ancestors(_node(bottleneck))
+  below = g.ancestors(node_name(bottleneck))
   layers = []
   for name in g.order(below):
     node = g.nodes[name]
     if node.op in WEIGHT_OPS and len(node.input) >= 2:
       kernel = node.input[1]
-      if g.constant(_node(kernel)) and not g.constant(name):
+      if g.constant(node_name(kernel)) and not g.constant(name):
         layers.append(Layer(name, _tensor(kernel), _bias_of(g, name, below)))
   return layers
 
@@ -191,11 +192,11 @@ def choose_cut(graph_def: tf1.GraphDef, bottleneck: str, layers: int = 0,
       bottleneck (the message lists candidates).
   """
   g = _Graph(graph_def)
-  top_node = _node(bottleneck)
+  top_node = node_name(bottleneck)
   all_layers = weight_layers(graph_def, bottleneck)
   below = g.ancestors(top_node)
   if from_tensor:
-    start = _node(from_tensor)
+    start = node_name(from_tensor)
     if start not in below or start == top_node or g.constant(start):
       candidates = [g.inputs(l.op)[0] for l in all_layers[-5:]]
       raise UserError(
@@ -216,21 +217,10 @@ def choose_cut(graph_def: tf1.GraphDef, bottleneck: str, layers: int = 0,
   inputs = []
   for name in g.order(top):
     for i in g.inputs(name):
-      if _node(i) not in top and not g.constant(_node(i)):
+      if node_name(i) not in top and not g.constant(node_name(i)):
         if _tensor(i) not in inputs:
           inputs.append(_tensor(i))
   return Cut(chosen, tuple(inputs), _tensor(bottleneck))
-
-
-def constant_values(graph_def: tf1.GraphDef,
-                    tensors: Sequence[str]) -> Dict[str, np.ndarray]:
-  """The values of constant-only tensors of a GraphDef."""
-  graph = tf.Graph()
-  with graph.as_default():
-    outs = tf1.import_graph_def(graph_def, return_elements=list(tensors),
-                                name="")
-  with tf1.Session(graph=graph) as sess:
-    return dict(zip(tensors, sess.run(outs)))
 
 
 def cut_shapes(graph_def: tf1.GraphDef, input_tensor: str,
@@ -245,70 +235,6 @@ def cut_shapes(graph_def: tf1.GraphDef, input_tensor: str,
                                 return_elements=list(cut.inputs), name="")
   return {name: [None] + t.shape.as_list()[1:]
           for name, t in zip(cut.inputs, outs)}
-
-
-@dataclasses.dataclass
-class TrainableTop:
-  """The top of the CNN in the default graph, fed the cut's tensors."""
-  inputs: Dict[str, tf.Tensor]  # Cut tensor name -> placeholder.
-  variables: Dict[str, tf.Variable]  # Trainable tensor name -> variable.
-  bottleneck: tf.Tensor  # float32 [batch, D].
-
-
-def build_trainable_top(graph_def: tf1.GraphDef, cut: Cut,
-                        shapes: Dict[str, List[Optional[int]]],
-                        name: str = "top",
-                        input_map: Optional[Dict[str, tf.Tensor]] = None,
-                        values: Optional[Dict[str, np.ndarray]] = None
-                        ) -> TrainableTop:
-  """Adds the CNN's top to the default graph: placeholders for the cut's
-  tensors (or the tensors `input_map` gives for them, e.g. split_cut_vector
-  of cached vectors), tf.Variables (initialised from the constants' values)
-  for the trainable kernels and biases, and everything else as it was.
-  `values`: the trainable tensors' values, if already computed
-  (constant_values).
-  """
-  if values is None:
-    values = constant_values(graph_def, cut.trainable())
-  if input_map is not None:
-    inputs = {t: input_map[t] for t in cut.inputs}
-  else:
-    with tf.name_scope(name + "_inputs"):
-      inputs = {t: tf1.placeholder(tf.float32, shapes[t],
-                                   name=_node(t).replace("/", "_"))
-                for t in cut.inputs}
-  with tf1.variable_scope(name + "_variables"):
-    variables = {t: tf1.Variable(values[t], name=_node(t).replace("/", "_"))
-                 for t in cut.trainable()}
-  mapping = dict(inputs)
-  mapping.update({t: v.value() for t, v in variables.items()})
-  out, = tf1.import_graph_def(graph_def, input_map=mapping,
-                              return_elements=[cut.bottleneck], name=name)
-  depth = int(np.prod(out.shape.as_list()[1:]))
-  return TrainableTop(inputs, variables, tf.reshape(out, [-1, depth]))
-
-
-def frozen_with_values(graph_def: tf1.GraphDef,
-                       values: Dict[str, np.ndarray]) -> tf1.GraphDef:
-  """A copy of the GraphDef where each tensor of `values` ("node:0") is a
-  constant with the given value: how fine-tuned weights go back into a
-  frozen model for export. The replaced nodes lose their inputs; nodes
-  only they used stay, unused (an export strips them)."""
-  out = tf1.GraphDef()
-  out.CopyFrom(graph_def)
-  by_name = {n.name: n for n in out.node}
-  for tensor, value in values.items():
-    name, _, index = tensor.partition(":")
-    node = by_name.get(name)
-    if node is None or index not in ("", "0"):
-      raise ValueError(f"cannot replace {tensor}: not a node's first output")
-    value = np.asarray(value, np.float32)
-    node.op = "Const"
-    del node.input[:]
-    node.ClearField("attr")
-    node.attr["dtype"].type = tf.float32.as_datatype_enum
-    node.attr["value"].tensor.CopyFrom(tf.make_tensor_proto(value))
-  return out
 
 
 CUT_INPUT = "cut_input"
@@ -335,16 +261,6 @@ def cut_vector_graph(graph_def: tf1.GraphDef, input_tensor: str,
     tf.identity(tf.concat(flat, 1) if len(flat) > 1 else flat[0],
                 name=CUT_OUTPUT)
   return graph.as_graph_def(), sum(sizes)
-
-
-def split_cut_vector(vectors: tf.Tensor, cut: Cut,
-                     shapes: Dict[str, List[Optional[int]]]
-                     ) -> Dict[str, tf.Tensor]:
-  """cut_vector rows [batch, n] -> the cut's tensors [batch, ...], by name."""
-  sizes = [int(np.prod(shapes[t][1:])) for t in cut.inputs]
-  parts = tf.split(vectors, sizes, axis=1)
-  return {t: tf.reshape(p, [-1, *shapes[t][1:]])
-          for t, p in zip(cut.inputs, parts)}
 
 
 # Bump when the cut vector's layout changes (cache files are then recomputed).

@@ -15,7 +15,7 @@ from typing import Optional, Tuple
 
 import numpy as np
 
-from retrain import imageinfo
+from retrain.data import imageinfo
 
 
 class PilDecoder:

@@ -8,7 +8,7 @@ and folders (names starting with '.') are ignored, and so are files at the top
 level of the image folder.
 
 The folder may be local or on any filesystem cache.fs serves (gs://, s3://,
-ram://, ... once retrain.storage is imported).
+ram://, ... once retrain.features.storage is imported).
 """
 
 import dataclasses

@@ -92,7 +92,7 @@ class GFileFileSystem(fs.FileSystem):
     stores mark folders with a trailing "/" and a name with an image
     extension is taken for a file, so that listing a bucket does not cost a
     request per file; other names are asked about."""
-    from retrain.images import is_image_name  # pylint: disable=g-import-not-at-top
+    from retrain.data.images import is_image_name  # pylint: disable=g-import-not-at-top
     folders = [top.rstrip("/")]
     while folders:
       folder = folders.pop(0)

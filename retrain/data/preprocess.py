@@ -8,7 +8,8 @@ from typing import Dict, NamedTuple, Tuple
 
 import tensorflow as tf
 
-from retrain import imageinfo
+from retrain.config import Distortions
+from retrain.data import imageinfo
 
 RESIZE_METHOD = "bilinear"
 
@@ -126,24 +127,6 @@ def decode_batch(contents: tf.Tensor, size: Tuple[int, int],
   return tf.map_fn(fn, contents,
                    fn_output_signature=tf.TensorSpec([size[0], size[1], 3],
                                                      tf.float32))
-
-
-class Distortions(NamedTuple):
-  """Random distortions of training images (the classic tool's flags).
-
-  random_crop: margin in percent cropped away at random (the image is first
-  enlarged by that margin); random_scale: extra random enlargement up to this
-  percent; random_brightness: multiply pixels by a factor within +-percent;
-  flip_left_right: mirror half of the time.
-  """
-  flip_left_right: bool = False
-  random_crop: int = 0
-  random_scale: int = 0
-  random_brightness: int = 0
-
-  def any(self) -> bool:
-    return bool(self.flip_left_right or self.random_crop or
-                self.random_scale or self.random_brightness)
 
 
 def distort_and_resize(image: tf.Tensor, size: Tuple[int, int],

@@ -1,0 +1,6 @@
+"""Stage 1, the files: finding images and labels, the stable split, decoding
+and resizing (TensorFlow's ops, or Pillow by the same rule).
+
+Bottom layer: imports only cache/ and the foundation (retrain.errors,
+retrain.config).
+"""

@@ -44,7 +44,15 @@ def _vectors(root):
   return out
 
 
-def _assert_same_vectors(a, b, atol=1e-6):
+# Same images, same model: equal up to float32 rounding. oneDNN picks its
+# kernels by batch shape, and the in-process extractor's batch size is
+# timed while Beam's is fixed; on an AMD EPYC one image's vector (values
+# 0..6) differed by up to 7e-6 between batch sizes (0 on the Intel machines
+# measured before).
+SAME = 2e-5
+
+
+def _assert_same_vectors(a, b, atol=SAME):
   va, vb = _vectors(a), _vectors(b)
   assert sorted(va) == sorted(vb) and va
   worst = max(float(np.abs(va[k] - vb[k]).max()) for k in va)
@@ -72,7 +80,7 @@ def test_two_worker_processes_give_the_in_process_vectors(dev_caches):
   _assert_same_vectors(plain.bottleneck_dir, beamed.bottleneck_dir)
   # The index the driver built from the workers' packs, row for row.
   np.testing.assert_allclose(np.asarray(beam_data.filled.vectors),
-                             np.asarray(plain_data.filled.vectors), atol=1e-6)
+                             np.asarray(plain_data.filled.vectors), atol=SAME)
   # The pipeline's scratch folder is gone; the staged model stays.
   staged = os.listdir(os.path.join(beamed.bottleneck_dir, ".beam"))
   assert len(staged) == 1 and staged[0].endswith(".pb")
@@ -125,7 +133,7 @@ def test_the_driver_indexes_each_vector_once_from_the_packs(
   assert sorted(answers) == list(range(plain.filled.computed))
   assert beamed.filled.computed == plain.filled.computed
   np.testing.assert_allclose(np.asarray(beamed.filled.vectors),
-                             np.asarray(plain.filled.vectors), atol=1e-5)
+                             np.asarray(plain.filled.vectors), atol=SAME)
   # The pipeline's scratch folder (shards, packs) is gone.
   assert [f for f in os.listdir(tmp_path / "beam" / "bottlenecks" / ".beam")
           if not f.endswith(".pb")] == []
@@ -208,7 +216,7 @@ def test_augmented_copies_and_cut_activations_go_through_beam_too(
           for f in _vectors(config.bottleneck_dir)}
   assert len(tags) == 4  # Model, its copy, the cut, the cut's copy.
   _assert_same_vectors(str(tmp_path / "plain" / "bottlenecks"),
-                       config.bottleneck_dir, atol=1e-5)
+                       config.bottleneck_dir, atol=SAME)
   assert beamed.fine_tune.cut_vectors_computed == (
       plain.fine_tune.cut_vectors_computed) > 0
   np.testing.assert_allclose(beamed.test_probabilities,

@@ -1,6 +1,7 @@
 """The benchmark scripts still run (tiny settings; numbers not asserted)."""
 
 import os
+import re
 import subprocess
 import sys
 
@@ -31,7 +32,10 @@ def test_beam_benchmark_prints_every_way_with_equal_vectors(shared):
               "DirectRunner, 1 worker process",
               "DirectRunner, 2 worker processes"):
     assert f"| {way} " in out
-    assert f"{way}: 40 vectors, largest difference from in process 0\n" in out
+    found = re.search(re.escape(way) + r": 40 vectors, largest difference "
+                      r"from in process (\S+)\n", out)
+    # Float32 rounding only: see tests/test_beam.py's SAME.
+    assert found and float(found.group(1)) <= 2e-5, out
 
 
 def test_fine_tune_benchmark_prints_both_stages(shared, tmp_path):

@@ -112,6 +112,12 @@ def _check_config(config: RunConfig, hparams: HParams) -> None:
   need(config.tflite_quantize in export.TFLITE_QUANTIZATIONS,
        f"--tflite_quantize={config.tflite_quantize}: must be one of "
        f"{', '.join(export.TFLITE_QUANTIZATIONS)}")
+  need(config.tflite_input in export.TFLITE_INPUTS,
+       f"--tflite_input={config.tflite_input}: must be one of "
+       f"{', '.join(export.TFLITE_INPUTS)}")
+  need(config.tflite_input == "image" or bool(config.tflite_output),
+       f"--tflite_input={config.tflite_input} needs --tflite_output="
+       "PATH.tflite")
   need(config.tflite_quantize == "none" or bool(config.tflite_output),
        f"--tflite_quantize={config.tflite_quantize} needs --tflite_output="
        "PATH.tflite")

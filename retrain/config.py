@@ -42,8 +42,10 @@ class HParams(NamedTuple):
 class ModelOptions(NamedTuple):
   """Which pretrained CNN to use and how to feed it.
 
-  Exactly one of `graph` (a frozen GraphDef file) and `tfhub_module` (a
-  TF-Hub handle or a local SavedModel directory) is used. `None` for a tensor
+  Exactly one of `architecture` (a classic tool's model name, found in or
+  downloaded into `model_dir`), `graph` (a frozen GraphDef file) and
+  `tfhub_module` (a TF-Hub handle or a local SavedModel directory) is used,
+  in that order. `None` for a tensor
   name, size or scaling means "recognise it from the model".
   """
   graph: str = ""
@@ -55,6 +57,10 @@ class ModelOptions(NamedTuple):
   input_std: Optional[float] = None
   allow_unsafe_graph_ops: bool = False
   preprocessing: str = "fast"
+  # The classic tool's way to name a model (features/classic_models.py):
+  # an architecture such as "mobilenet_0.50_224", kept in model_dir.
+  architecture: str = ""
+  model_dir: str = "/tmp/imagenet"
 
 
 class Distortions(NamedTuple):
@@ -86,6 +92,9 @@ class RunConfig(NamedTuple):
   saved_model_dir: str = ""
   tflite_output: str = ""
   tflite_quantize: str = "none"  # "none", "dynamic" or "int8".
+  # "image" (RGB 0..255, scaled inside) or "model_input" (the CNN's own
+  # scaled input, as the classic codelab's apps feed it).
+  tflite_input: str = "image"
   checkpoint_path: str = "/tmp/_retrain_checkpoint"
   intermediate_output_graphs_dir: str = "/tmp/intermediate_graph/"
   intermediate_store_frequency: int = 0

@@ -31,6 +31,14 @@ flags.DEFINE_string("tfhub_module", _M.tfhub_module,
                     "honoured) or a local SavedModel folder.")
 flags.DEFINE_string("graph", _M.graph, "Frozen GraphDef (.pb) of a "
                     "pretrained CNN, instead of --tfhub_module.")
+flags.DEFINE_string("architecture", None, "The classic tool's model names: "
+                    "inception_v3 or mobilenet_<1.0|0.75|0.50|0.25>_"
+                    "<224|192|160|128>[_quantized], found in --model_dir (the "
+                    ".tgz or what it extracts to) or downloaded there. "
+                    "Instead of --graph/--tfhub_module.")
+flags.DEFINE_string("model_dir", _M.model_dir, "Where --architecture models "
+                    "are kept, as the classic tool kept them. Given alone "
+                    "(no model flag), it means --architecture=inception_v3.")
 flags.DEFINE_string("input_tensor", None, "--graph: its float image input "
                     "tensor (default: recognised for Inception-v3 and "
                     "MobileNet v1 graphs).")
@@ -165,6 +173,12 @@ flags.DEFINE_enum("tflite_quantize", _R.tflite_quantize,
                   "TFLite quantization: none (float32), dynamic (8-bit "
                   "weights) or int8 (full-integer, calibrated on training "
                   "images).")
+flags.DEFINE_enum("tflite_input", _R.tflite_input, ["image", "model_input"],
+                  "What the TFLite model takes: image (RGB pixels 0..255 "
+                  "at the model's size; it scales inside) or model_input "
+                  "(the CNN's own input, scaled by the client as (x - mean) "
+                  "/ std, as the classic codelab's Android and iOS apps "
+                  "feed graph.lite).")
 flags.DEFINE_string("summaries_dir", _R.summaries_dir, "Where TensorBoard "
                     "summaries go, in a new run-* folder (empty: none).")
 flags.DEFINE_string("checkpoint_path", _R.checkpoint_path,
@@ -201,18 +215,39 @@ def parse_input_size(text: Optional[str]) -> Optional[Tuple[int, int]]:
   return dims[0], dims[1]
 
 
+def _architecture(f) -> str:
+  """--architecture, or inception_v3 when --model_dir alone names where the
+  classic models are; "" when another flag names the model."""
+  for other in ("graph", "tfhub_module"):
+    if f.architecture and f[other].present:
+      raise UserError(
+          f"--architecture={f.architecture} and --{other}={f[other].value} "
+          f"both name the model; pass one (--{other} alone uses that model "
+          "as it is; --architecture alone uses the classic model from "
+          "--model_dir)")
+  if f.architecture:
+    return f.architecture
+  if f["model_dir"].present and not (f["graph"].present or
+                                     f["tfhub_module"].present):
+    return "inception_v3"  # The classic tool's default architecture.
+  return ""
+
+
 def to_config(f=FLAGS) -> Tuple[RunConfig, HParams, ModelOptions]:
   """The parsed flags as the library's config tuples."""
   graph_given = bool(f.graph)
   if graph_given and f["tfhub_module"].present:
     raise UserError("--graph and --tfhub_module both given; pass only one "
                     "model")
+  architecture = _architecture(f)
   for flag in ("input_tensor", "bottleneck_tensor"):
-    if f[flag].value is not None and not graph_given:
-      raise UserError(f"--{flag} applies to --graph only; TF-Hub modules "
-                      "name their tensors in their signature")
+    if f[flag].value is not None and not (graph_given or architecture):
+      raise UserError(f"--{flag} applies to --graph and --architecture only;"
+                      " TF-Hub modules name their tensors in their signature")
   model = ModelOptions(
-      graph=f.graph, tfhub_module="" if graph_given else f.tfhub_module,
+      graph=f.graph,
+      tfhub_module="" if graph_given or architecture else f.tfhub_module,
+      architecture=architecture, model_dir=f.model_dir,
       input_tensor=f.input_tensor, bottleneck_tensor=f.bottleneck_tensor,
       input_size=parse_input_size(f.input_size), input_mean=f.input_mean,
       input_std=f.input_std,
@@ -237,6 +272,7 @@ def to_config(f=FLAGS) -> Tuple[RunConfig, HParams, ModelOptions]:
       output_graph=f.output_graph, output_labels=f.output_labels,
       summaries_dir=f.summaries_dir, saved_model_dir=f.saved_model_dir,
       tflite_output=f.tflite_output, tflite_quantize=f.tflite_quantize,
+      tflite_input=f.tflite_input,
       checkpoint_path=f.checkpoint_path,
       intermediate_output_graphs_dir=f.intermediate_output_graphs_dir,
       intermediate_store_frequency=f.intermediate_store_frequency,

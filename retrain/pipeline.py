@@ -578,9 +578,11 @@ def _export_tflite(config: RunConfig, fx: FeatureExtractor,
                  len(representative))
   flatbuffer = export.tflite_model(fx, weights, biases,
                                    config.tflite_quantize, representative,
-                                   config.final_tensor_name)
+                                   config.final_tensor_name,
+                                   config.tflite_input)
   export.write_tflite(config.tflite_output, flatbuffer, labels, dict(
       common, **export.tflite_io_description(fx, config.tflite_quantize,
-                                             config.final_tensor_name)))
+                                             config.final_tensor_name,
+                                             config.tflite_input)))
   stem = os.path.splitext(config.tflite_output)[0]
   return [config.tflite_output, stem + ".labels.txt", stem + ".json"]

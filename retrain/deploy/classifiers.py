@@ -214,6 +214,11 @@ class TFLiteClassifier(Classifier):
     self._input = self._interpreter.get_input_details()[0]
     self._output = self._interpreter.get_output_details()[0]
     height, width = (int(d) for d in self._input["shape"][1:3])
+    # A model taking the CNN's own input (--tflite_input=model_input) is fed
+    # pixels scaled as its JSON says; the default takes them as they are.
+    scaled = (meta.get("inputs") or {}).get("model_input")
+    self._scaling = ((float(scaled["mean"]), float(scaled["std"]))
+                     if scaled and "image" not in meta["inputs"] else None)
     if _tensorflow() is not None:
       from retrain.features.extract import ImageDecoder  # pylint: disable=g-import-not-at-top
       self._decoder = ImageDecoder((height, width), rule=_preprocessing(meta))
@@ -232,6 +237,8 @@ class TFLiteClassifier(Classifier):
       image, error = self._decoder.decode_bytes(blob)
       if image is None:
         raise _BadImage(error)
+      if self._scaling:
+        image = (image - self._scaling[0]) / self._scaling[1]
       self._interpreter.set_tensor(self._input["index"],
                                    image[None].astype(np.float32))
       self._interpreter.invoke()
@@ -246,12 +253,21 @@ def _check_outputs(outputs, labels, path):
                     "labels; pass the matching --labels")
 
 
+def _is_tflite(path: str) -> bool:
+  """A .tflite file, or one in TFLite's format under another name (the
+  classic codelab's graph.lite): its file identifier says so."""
+  if path.lower().endswith((".tflite", ".lite")):
+    return True
+  with open(path, "rb") as f:
+    return f.read(8)[4:] == b"TFL3"
+
+
 def load_classifier(model: str, labels: Optional[str] = None) -> Classifier:
   """The right Classifier for a .pb graph, SavedModel folder or .tflite."""
   if os.path.isdir(model):
     return SavedModelClassifier(model, labels)
   if not os.path.isfile(model):
     raise UserError(f"--model={model}: no such file or folder")
-  if model.lower().endswith(".tflite"):
+  if _is_tflite(model):
     return TFLiteClassifier(model, labels)
   return GraphClassifier(model, labels)

@@ -52,9 +52,14 @@ BIASES_NODE = "final_biases"
 # Inception-v3's JPEG input, kept in exports of graphs that have it.
 JPEG_INPUT = "DecodeJpeg/contents"
 
+# The logits, under the classic tool's name (the codelab's evaluate.py reads
+# final_training_ops/Wx_plus_b/add:0).
+LOGITS_SCOPE = ("final_training_ops", "Wx_plus_b")
+LOGITS = "/".join(LOGITS_SCOPE) + "/add"
+
 # Name scopes of the export graph's own ops; classic input names must not
 # fall inside them.
-_SCOPES = ("decode", "scale", "module", "classifier")
+_SCOPES = ("decode", "scale", "module", LOGITS_SCOPE[0])
 
 
 def _add_layer(bottleneck: tf.Tensor, bottleneck_size: int, weights, biases,
@@ -70,8 +75,8 @@ def _add_layer(bottleneck: tf.Tensor, bottleneck_size: int, weights, biases,
     return tf.constant(value, tf.float32, name=name)
   w = layer(weights, [bottleneck_size, None], WEIGHTS_NODE)
   b = layer(biases, [None], BIASES_NODE)
-  with tf.name_scope("classifier"):
-    logits = tf.nn.bias_add(tf.matmul(bottleneck, w), b)
+  with tf.name_scope(LOGITS_SCOPE[0]), tf.name_scope(LOGITS_SCOPE[1]):
+    logits = _named(tf.add(tf.matmul(bottleneck, w), b, name="add"), LOGITS)
   return tf.nn.softmax(logits, name=final_tensor_name)
 
 
@@ -280,37 +285,63 @@ def _fold_batch_norms(graph_def: tf1.GraphDef) -> tf1.GraphDef:
 
 def build_float_graph(fx: FeatureExtractor, weights: np.ndarray,
                       biases: np.ndarray,
-                      final_tensor_name: str = "final_result") -> tf.Graph:
-  """The classifier with only the float input, [1, H, W, 3] (for TFLite)."""
+                      final_tensor_name: str = "final_result",
+                      tflite_input: str = "image") -> tf.Graph:
+  """The classifier with only one float input, [1, H, W, 3] (for TFLite):
+  RGB in [0, 255] ("image"), or the CNN's own scaled input ("model_input",
+  named as in the model, e.g. MobileNet's input)."""
   graph = tf.Graph()
   with graph.as_default():
-    image = tf1.placeholder(tf.float32, [1, *fx.input_size, 3],
-                            name=IMAGE_INPUT)
-    _add_classifier(fx, image, weights, biases, final_tensor_name)
+    if tflite_input == "model_input":
+      scaled = tf1.placeholder(tf.float32, [1, *fx.input_size, 3],
+                               name=model_input_name(fx))
+      _add_layer(import_cnn(fx, scaled), fx.bottleneck_size, weights,
+                 biases, final_tensor_name)
+    else:
+      image = tf1.placeholder(tf.float32, [1, *fx.input_size, 3],
+                              name=IMAGE_INPUT)
+      _add_classifier(fx, image, weights, biases, final_tensor_name)
   return graph
 
 
+def model_input_name(fx: FeatureExtractor) -> str:
+  """The name a TFLite model taking the CNN's own input gives it: the
+  model's (input for MobileNet, Mul for Inception-v3) when usable."""
+  found = classic_inputs(fx).get("model_input")
+  return found[:-2] if found else "model_input"
+
+
 TFLITE_QUANTIZATIONS = ("none", "dynamic", "int8")
+TFLITE_INPUTS = ("image", "model_input")
 
 
 def tflite_model(fx: FeatureExtractor, weights: np.ndarray,
                  biases: np.ndarray, quantize: str = "none",
                  representative: Optional[np.ndarray] = None,
-                 final_tensor_name: str = "final_result") -> bytes:
+                 final_tensor_name: str = "final_result",
+                 tflite_input: str = "image") -> bytes:
   """A TFLite flatbuffer of the classifier.
 
-  Input float32 [1, H, W, 3], RGB in [0, 255]; output float32 [1, classes].
+  Input float32 [1, H, W, 3]: RGB in [0, 255] ("image"), or scaled as
+  (x - mean) / std ("model_input"); output float32 [1, classes].
 
   Args:
     quantize: "none" (float32), "dynamic" (8-bit weights, float compute) or
       "int8" (full-integer ops calibrated on `representative`; the input and
-      output stay float32 so clients feed the same pixels).
-    representative: float32 [n, H, W, 3] training images, for "int8".
+      output stay float32 so clients feed the same values).
+    representative: float32 [n, H, W, 3] training images in [0, 255], for
+      "int8".
+    tflite_input: see build_float_graph.
   """
-  graph = build_float_graph(fx, weights, biases, final_tensor_name)
+  graph = build_float_graph(fx, weights, biases, final_tensor_name,
+                            tflite_input)
+  if tflite_input == "model_input" and representative is not None:
+    representative = (representative - fx.input_mean) / fx.input_std
+  input_name = (model_input_name(fx) if tflite_input == "model_input"
+                else IMAGE_INPUT)
   with tf1.Session(graph=graph) as sess:
     converter = tf1.lite.TFLiteConverter.from_session(
-        sess, [graph.get_tensor_by_name(IMAGE_INPUT + ":0")],
+        sess, [graph.get_tensor_by_name(input_name + ":0")],
         [graph.get_tensor_by_name(final_tensor_name + ":0")])
     if quantize in ("dynamic", "int8"):
       converter.optimizations = [tf.lite.Optimize.DEFAULT]
@@ -342,13 +373,24 @@ def write_tflite(path: str, flatbuffer: bytes, labels: Sequence[str],
 
 
 def tflite_io_description(fx: FeatureExtractor, quantize: str,
-                          final_tensor_name: str) -> Dict[str, object]:
+                          final_tensor_name: str,
+                          tflite_input: str = "image") -> Dict[str, object]:
   h, w = fx.input_size
+  if tflite_input == "model_input":
+    inputs = {"model_input": {
+        "name": model_input_name(fx), "dtype": "float32",
+        "shape": [1, h, w, 3], "mean": fx.input_mean, "std": fx.input_std,
+        "description": (f"the pretrained model's own input: RGB resized to "
+                        f"{h}x{w}, scaled as (x - {fx.input_mean:g}) / "
+                        f"{fx.input_std:g} by the client (the classic "
+                        "codelab's apps feed (x - 128) / 128)")}}
+  else:
+    inputs = {"image": {
+        "name": IMAGE_INPUT, "dtype": "float32", "shape": [1, h, w, 3],
+        "description": (f"RGB pixel values in [0, 255], resized to {h}x{w}"
+                        "; the model's scaling happens inside")}}
   return {
-      "inputs": {"image": {
-          "name": IMAGE_INPUT, "dtype": "float32", "shape": [1, h, w, 3],
-          "description": (f"RGB pixel values in [0, 255], resized to {h}x{w}"
-                          "; the model's scaling happens inside")}},
+      "inputs": inputs,
       "output": {"name": final_tensor_name, "dtype": "float32",
                  "shape": [1, "classes"],
                  "description": "softmax probabilities in labels file order"},

@@ -133,6 +133,9 @@ def load_feature_extractor(options: ModelOptions,
     UserError: missing file, not a model, wrong tensor names, a module that
       is not an image feature vector, or a handle that cannot be downloaded.
   """
+  if options.architecture:  # The classic tool's name for a frozen graph.
+    from retrain.features import classic_models  # pylint: disable=g-import-not-at-top
+    options = classic_models.resolve(options)
   if options.preprocessing not in preprocess.PREPROCESSINGS:
     raise UserError(f"--preprocessing={options.preprocessing}: must be one of "
                     f"{', '.join(preprocess.PREPROCESSINGS)}")

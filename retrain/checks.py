@@ -11,7 +11,7 @@ import uuid
 
 from cache import fs
 from retrain.config import HParams, RunConfig
-from retrain.deploy import export
+from retrain.deploy import export, tfjs
 from retrain.errors import UserError
 from retrain.features import storage
 from retrain.training import train
@@ -118,6 +118,16 @@ def _check_config(config: RunConfig, hparams: HParams) -> None:
   need(config.tflite_input == "image" or bool(config.tflite_output),
        f"--tflite_input={config.tflite_input} needs --tflite_output="
        "PATH.tflite")
+  need(config.tfjs_quantize in tfjs.QUANTIZATIONS,
+       f"--tfjs_quantize={config.tfjs_quantize}: must be one of "
+       f"{', '.join(tfjs.QUANTIZATIONS)}")
+  need(config.tfjs_quantize == "none" or bool(config.tfjs_output),
+       f"--tfjs_quantize={config.tfjs_quantize} needs --tfjs_output=FOLDER")
+  if config.tfjs_output:
+    need(not fs.isfile(config.tfjs_output),
+         f"--tfjs_output={config.tfjs_output} is a file; pass a folder")
+    _check_writable("tfjs_output",
+                    fs.dirname(fs.abspath(config.tfjs_output.rstrip("/"))))
   need(config.tflite_quantize == "none" or bool(config.tflite_output),
        f"--tflite_quantize={config.tflite_quantize} needs --tflite_output="
        "PATH.tflite")

@@ -95,6 +95,8 @@ class RunConfig(NamedTuple):
   # "image" (RGB 0..255, scaled inside) or "model_input" (the CNN's own
   # scaled input, as the classic codelab's apps feed it).
   tflite_input: str = "image"
+  tfjs_output: str = ""  # A TensorFlow.js folder (model.json, index.html).
+  tfjs_quantize: str = "none"  # "none", "float16" or "uint8" weights.
   checkpoint_path: str = "/tmp/_retrain_checkpoint"
   intermediate_output_graphs_dir: str = "/tmp/intermediate_graph/"
   intermediate_store_frequency: int = 0

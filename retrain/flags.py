@@ -179,6 +179,15 @@ flags.DEFINE_enum("tflite_input", _R.tflite_input, ["image", "model_input"],
                   "(the CNN's own input, scaled by the client as (x - mean) "
                   "/ std, as the classic codelab's Android and iOS apps "
                   "feed graph.lite).")
+flags.DEFINE_string("tfjs_output", _R.tfjs_output,
+                    "Where to write a TensorFlow.js graph model (a folder: "
+                    "model.json, weight shards, labels, and index.html, a "
+                    "demo page; empty: none).")
+flags.DEFINE_enum("tfjs_quantize", _R.tfjs_quantize,
+                  ["none", "float16", "uint8"],
+                  "How --tfjs_output stores its weights: none (float32), "
+                  "float16 (half the size) or uint8 (a quarter; each "
+                  "tensor's min and scale kept).")
 flags.DEFINE_string("summaries_dir", _R.summaries_dir, "Where TensorBoard "
                     "summaries go, in a new run-* folder (empty: none).")
 flags.DEFINE_string("checkpoint_path", _R.checkpoint_path,
@@ -273,6 +282,7 @@ def to_config(f=FLAGS) -> Tuple[RunConfig, HParams, ModelOptions]:
       summaries_dir=f.summaries_dir, saved_model_dir=f.saved_model_dir,
       tflite_output=f.tflite_output, tflite_quantize=f.tflite_quantize,
       tflite_input=f.tflite_input,
+      tfjs_output=f.tfjs_output, tfjs_quantize=f.tfjs_quantize,
       checkpoint_path=f.checkpoint_path,
       intermediate_output_graphs_dir=f.intermediate_output_graphs_dir,
       intermediate_store_frequency=f.intermediate_store_frequency,

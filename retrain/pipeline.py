@@ -23,7 +23,7 @@ from cache import fs
 from retrain.checks import check_config
 from retrain.config import HParams, ModelOptions, RunConfig
 from retrain.data import images
-from retrain.deploy import export
+from retrain.deploy import export, tfjs
 from retrain.errors import UserError
 from retrain.features import bottlenecks
 from retrain.features import cut as cuts
@@ -471,6 +471,8 @@ def export_model(inputs: Inputs, data: Bottlenecks, final: FinalModel,
     export.write_saved_model(config.saved_model_dir, graph_def, labels,
                              config.final_tensor_name, common)
     outputs.append(config.saved_model_dir)
+  if config.tfjs_output:
+    outputs.append(_export_tfjs(config, final, labels, common))
   if config.tflite_output:
     originals = [p for p in data.sets[images.TRAINING].paths
                  if bottlenecks.AUGMENTED_MARK not in p]
@@ -559,6 +561,41 @@ def _intermediate_exporter(config: RunConfig,
   return store
 
 
+# Test photos a quantized TensorFlow.js export is checked on.
+TFJS_CHECK_IMAGES = 50
+
+
+def _export_tfjs(config: RunConfig, final: FinalModel, labels: Sequence[str],
+                 common: Dict[str, object]) -> str:
+  """Writes the TensorFlow.js folder; quantized weights are checked against
+  the float model on test photos (see tfjs.write_tfjs)."""
+  check = None
+  if config.tfjs_quantize != "none" and len(final.test.paths):
+    count = min(TFJS_CHECK_IMAGES, len(final.test.paths))
+    images, kept = _decode(final.fx, final.test.paths[:count])
+    check = (images, final.test.probabilities[:count][kept])
+  tfjs.write_tfjs(config.tfjs_output, final.fx, final.weights, final.biases,
+                  labels, common, config.tfjs_quantize,
+                  config.final_tensor_name, check)
+  return config.tfjs_output
+
+
+def _decode(fx: FeatureExtractor, paths: Sequence[str]
+            ) -> Tuple[np.ndarray, np.ndarray]:
+  """(float32 [n, H, W, 3] images in 0..255 as training decoded them, the
+  indices of `paths` that decoded)."""
+  decoder = ImageDecoder(fx.input_size, rule=fx.preprocessing)
+  try:
+    decoded = [decoder.decode(p)[0] for p in paths]
+  finally:
+    decoder.close()
+  kept = np.array([i for i, d in enumerate(decoded) if d is not None],
+                  np.int64)
+  images = np.stack([decoded[i] for i in kept]) if len(kept) else np.zeros(
+      [0, *fx.input_size, 3], np.float32)
+  return images, kept
+
+
 def _export_tflite(config: RunConfig, fx: FeatureExtractor,
                    labels: Sequence[str], weights: np.ndarray,
                    biases: np.ndarray, train_paths: Sequence[str], seed: int,
@@ -568,12 +605,7 @@ def _export_tflite(config: RunConfig, fx: FeatureExtractor,
   if config.tflite_quantize == "int8":
     rng = np.random.default_rng(seed + 2)
     pick = rng.permutation(len(train_paths))[:TFLITE_CALIBRATION_IMAGES]
-    decoder = ImageDecoder(fx.input_size, rule=fx.preprocessing)
-    try:
-      decoded = [decoder.decode(train_paths[i])[0] for i in pick]
-    finally:
-      decoder.close()
-    representative = np.stack([d for d in decoded if d is not None])
+    representative, _ = _decode(fx, [train_paths[i] for i in pick])
     logging.info("Calibrating int8 TFLite on %d training images",
                  len(representative))
   flatbuffer = export.tflite_model(fx, weights, biases,

@@ -18,7 +18,7 @@ def _targets():
       continue
     call = node.value
     rule = call.func.id
-    if not rule.startswith("py_"):
+    if not (rule.startswith("py_") or rule == "filegroup"):
       continue
     kwargs = {k.arg: ast.literal_eval(k.value) for k in call.keywords}
     assert kwargs["name"] not in targets, f"duplicate target {kwargs['name']}"

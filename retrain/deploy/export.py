@@ -16,12 +16,14 @@ DecodeJpeg/contents:0. Every file is written atomically; paths inside the
 JSON files are relative to the JSON file, so an export folder can be moved.
 """
 
+import contextlib
+import datetime
 import hashlib
 import json
 import os
 import shutil
 import tempfile
-from typing import Dict, Optional, Sequence
+from typing import Dict, Iterator, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -29,12 +31,16 @@ import tensorflow as tf
 from google.protobuf import message as pb_message
 
 from cache import fs
+from retrain import __version__
 from retrain.data import preprocess
-from retrain.deploy.metadata import SAVED_MODEL_METADATA, metadata_path, relative_to
+from retrain.deploy import tflite_metadata
+from retrain.deploy.metadata import (SAVED_MODEL_METADATA, metadata_path,
+                                     relative_to)
 from retrain.features import model as model_module
 from retrain.features import safety
-from retrain.features.model import (MODULE_CACHE, FeatureExtractor, build_bottleneck,
-                                    import_cnn, scale_images)
+from retrain.features.model import (MODULE_CACHE, FeatureExtractor,
+                                    build_bottleneck, import_cnn,
+                                    scale_images)
 
 tf1 = tf.compat.v1
 
@@ -286,19 +292,20 @@ def _fold_batch_norms(graph_def: tf1.GraphDef) -> tf1.GraphDef:
 def build_float_graph(fx: FeatureExtractor, weights: np.ndarray,
                       biases: np.ndarray,
                       final_tensor_name: str = "final_result",
-                      tflite_input: str = "image") -> tf.Graph:
-  """The classifier with only one float input, [1, H, W, 3] (for TFLite):
-  RGB in [0, 255] ("image"), or the CNN's own scaled input ("model_input",
-  named as in the model, e.g. MobileNet's input)."""
+                      tflite_input: str = "image",
+                      batch: Optional[int] = 1) -> tf.Graph:
+  """The classifier with only one float input, [batch, H, W, 3] (for TFLite
+  and TensorFlow.js): RGB in [0, 255] ("image"), or the CNN's own scaled
+  input ("model_input", named as in the model, e.g. MobileNet's input)."""
   graph = tf.Graph()
   with graph.as_default():
     if tflite_input == "model_input":
-      scaled = tf1.placeholder(tf.float32, [1, *fx.input_size, 3],
+      scaled = tf1.placeholder(tf.float32, [batch, *fx.input_size, 3],
                                name=model_input_name(fx))
       _add_layer(import_cnn(fx, scaled), fx.bottleneck_size, weights,
                  biases, final_tensor_name)
     else:
-      image = tf1.placeholder(tf.float32, [1, *fx.input_size, 3],
+      image = tf1.placeholder(tf.float32, [batch, *fx.input_size, 3],
                               name=IMAGE_INPUT)
       _add_classifier(fx, image, weights, biases, final_tensor_name)
   return graph
@@ -360,16 +367,56 @@ def tflite_model(fx: FeatureExtractor, weights: np.ndarray,
 
 def write_tflite(path: str, flatbuffer: bytes, labels: Sequence[str],
                  metadata: Dict[str, object]) -> None:
-  """The .tflite file, its labels (<stem>.labels.txt) and JSON (<stem>.json)."""
+  """The .tflite file, its labels (<stem>.labels.txt) and JSON (<stem>.json).
+
+  The model carries TFLite metadata (tflite_metadata): its input's size and
+  normalization, and the labels and the JSON inside, so MediaPipe Tasks
+  need no other file.
+  """
   labels_path = os.path.splitext(path)[0] + ".labels.txt"
+  description = json.dumps(
+      dict(metadata, format=METADATA_FORMAT, export="tflite",
+           tflite=os.path.basename(path),
+           labels=os.path.basename(labels_path)),
+      indent=2, sort_keys=True) + "\n"
+  flatbuffer = tflite_metadata.with_metadata(
+      flatbuffer, tflite_classifier_info(metadata, labels,
+                                         description.encode()))
   fs.write_atomic(path, flatbuffer, fsync=True)
   write_labels(labels_path, labels)
-  fs.write_text(
-      metadata_path(path),
-      json.dumps(dict(metadata, format=METADATA_FORMAT, export="tflite",
-                      tflite=os.path.basename(path),
-                      labels=os.path.basename(labels_path)),
-                 indent=2, sort_keys=True) + "\n", fsync=True)
+  fs.write_text(metadata_path(path), description, fsync=True)
+
+
+def tflite_classifier_info(metadata: Dict[str, object],
+                           labels: Sequence[str],
+                           description_json: bytes
+                           ) -> "tflite_metadata.ClassifierInfo":
+  """What a .tflite export's metadata says, from its JSON description."""
+  h, w = metadata["input_size"]
+  inputs = metadata["inputs"]
+  if "model_input" in inputs:  # --tflite_input=model_input
+    mean, std = inputs["model_input"]["mean"], inputs["model_input"]["std"]
+    described = inputs["model_input"]["description"]
+  else:  # RGB 0..255 as it is: the model scales inside.
+    mean, std = 0.0, 1.0
+    described = inputs["image"]["description"]
+  model = metadata.get("model") or {}
+  accuracy = metadata.get("test_accuracy")
+  text = (f"Image classifier of {len(labels)} classes ({', '.join(labels[:10])}"
+          f"{', ...' if len(labels) > 10 else ''}), trained by retrain on "
+          f"{datetime.date.today().isoformat()} by transfer learning on "
+          f"{model.get('source', 'a pretrained CNN')}"
+          + (f"; test accuracy {accuracy * 100:.1f}% on "
+             f"{metadata.get('test_images')} images" if accuracy is not None
+             else "") + ".")
+  return tflite_metadata.ClassifierInfo(
+      name="retrain image classifier", description=text,
+      version=__version__, author="retrain",
+      image=tflite_metadata.ImageInput(int(h), int(w), float(mean),
+                                       float(std), described),
+      output_description=("Probabilities of the classes, in the order of "
+                          "the labels file."),
+      labels=list(labels), description_json=description_json)
 
 
 def tflite_io_description(fx: FeatureExtractor, quantize: str,
@@ -487,17 +534,7 @@ def write_saved_model(export_dir: str, graph_def: tf1.GraphDef,
     serving_images: image (float32 [batch, H, W, 3] in [0, 255]) -> the same.
   Beside saved_model.pb: labels.txt and retrain.json (its description).
   """
-  remote = fs.has_scheme(export_dir)
-  export_dir = fs.abspath(export_dir.rstrip("/") or "/")
-  if remote:  # Built locally, then uploaded (see _upload_dir).
-    staging = tempfile.mkdtemp(prefix="retrain_saved_model.")
-  else:
-    parent = os.path.dirname(export_dir)
-    os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(dir=parent,
-                               prefix="." + os.path.basename(export_dir) + ".")
-  try:
-    target = os.path.join(staging, "model")
+  with staged_dir(export_dir, _SAVED_MODEL_LAST) as target:
     graph = tf.Graph()
     with graph.as_default():
       tf1.import_graph_def(graph_def, name="")
@@ -537,26 +574,47 @@ def write_saved_model(export_dir: str, graph_def: tf1.GraphDef,
                                 "outputs": ["probabilities", "label",
                                             "class_index"]}}),
                    indent=2, sort_keys=True) + "\n")
+
+
+# Uploaded last, in this order: a reader that finds saved_model.pb finds
+# the variables it needs.
+_SAVED_MODEL_LAST = (SAVED_MODEL_METADATA, "saved_model.pb")
+
+
+@contextlib.contextmanager
+def staged_dir(export_dir: str, last: Sequence[str] = ()) -> Iterator[str]:
+  """A new local folder to fill; on success it replaces `export_dir` whole
+  (a local rename, or an upload with the files named in `last` last, in
+  that order, for gs://, s3://, ...). On failure nothing changes there."""
+  remote = fs.has_scheme(export_dir)
+  export_dir = fs.abspath(export_dir.rstrip("/") or "/")
+  if remote:  # Built locally, then uploaded (see _upload_dir).
+    staging = tempfile.mkdtemp(prefix="retrain_export.")
+  else:
+    parent = os.path.dirname(export_dir)
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(dir=parent,
+                               prefix="." + os.path.basename(export_dir) + ".")
+  try:
+    target = os.path.join(staging, "model")
+    os.makedirs(target)
+    yield target
     if remote:
-      _upload_dir(target, export_dir)
+      _upload_dir(target, export_dir, last)
     else:
       _replace_dir(target, export_dir)
   finally:
     shutil.rmtree(staging, ignore_errors=True)
 
 
-# Uploaded last, in this order: a reader that finds saved_model.pb finds
-# the variables it needs.
-_UPLOAD_LAST = (SAVED_MODEL_METADATA, "saved_model.pb")
-
-
-def _upload_dir(local: str, dest: str) -> None:
+def _upload_dir(local: str, dest: str, last: Sequence[str]) -> None:
   """Copies the local folder to a remote one, file by file (each whole),
-  saved_model.pb last; then removes the files an older model left there."""
+  those in `last` last; then removes the files an older model left there."""
+  last = tuple(last)
   names = sorted(os.path.relpath(os.path.join(root, f), local)
                  for root, _, files in os.walk(local) for f in files)
-  names.sort(key=lambda n: (n in _UPLOAD_LAST, _UPLOAD_LAST.index(n)
-                            if n in _UPLOAD_LAST else 0, n))
+  names.sort(key=lambda n: (n in last, last.index(n) if n in last else 0,
+                            n))
   store = fs.for_path(dest)
   for name in names:
     store.upload(os.path.join(local, name),

@@ -6,11 +6,15 @@ path both succeed and the last rename wins.
 """
 
 import os
-import tempfile
+import secrets
 
 
 def atomic_write_bytes(path: str, data: bytes, fsync: bool = False) -> None:
   """Writes `data` to `path` atomically, creating the folder if needed.
+
+  The temporary file is named before it is created, so an interruption at
+  any point (Ctrl-C or SIGTERM raise KeyboardInterrupt between any two
+  bytecodes) leaves neither it nor a partial `path` behind.
 
   Args:
     path: the destination file.
@@ -20,10 +24,10 @@ def atomic_write_bytes(path: str, data: bytes, fsync: bool = False) -> None:
   """
   folder = os.path.dirname(os.path.abspath(path))
   os.makedirs(folder, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=folder,
-                             prefix="." + os.path.basename(path)[:100] + ".",
-                             suffix=".tmp")
+  tmp = os.path.join(folder, "." + os.path.basename(path)[:100] + "." +
+                     secrets.token_hex(4) + ".tmp")
   try:
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as f:
       f.write(data)
       if fsync:
@@ -31,11 +35,14 @@ def atomic_write_bytes(path: str, data: bytes, fsync: bool = False) -> None:
         os.fsync(f.fileno())
     os.chmod(tmp, default_file_mode())
     os.replace(tmp, path)
-  except BaseException:
+  except BaseException as e:
     try:
       os.unlink(tmp)
     except OSError:
       pass
+    if isinstance(e, OSError) and not e.filename or (
+        isinstance(e, OSError) and e.filename == tmp):  # Say which file.
+      raise OSError(e.errno, e.strerror, path) from e
     raise
 
 

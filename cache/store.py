@@ -111,6 +111,8 @@ class BottleneckCache:
     n = len(refs)
     keys = [index_key(r) for r in refs]
     old = index_mod.PackedIndex.open(self.root, self.tag, dim)
+    # Rows in a block whose CRC fails are read from their sidecars instead.
+    damaged = old.damaged_rows() if old is not None else None
     fingerprints: List[Optional[SourceFingerprint]] = [None] * n
     old_rows = np.full(n, -1, np.int64)
     failures: List[Tuple[str, str]] = []
@@ -125,7 +127,7 @@ class BottleneckCache:
       fingerprints[i] = fingerprint
       if old is not None:
         row = old.row(keys[i], fingerprints[i])
-        old_rows[i] = -1 if row is None else row
+        old_rows[i] = -1 if row is None or damaged[row] else row
     usable = np.array([f is not None for f in fingerprints], bool)
     if (old is not None and old.keys == keys and
         np.array_equal(old_rows[usable], np.flatnonzero(usable))):

@@ -1,7 +1,9 @@
 """What both command-line tools share: absl entry, one-line errors."""
 
+import errno
+import signal
 import sys
-from typing import Callable
+from typing import Callable, Optional
 
 from absl import app, flags, logging
 
@@ -10,8 +12,64 @@ from retrain.errors import UserError
 from retrain.tfimport import freeze_imports, quiet_tensorflow
 
 
+# Exit status of a fault of the machine (full disk, read-only or vanished
+# folder, no permission), as README.md lists it.
+ENVIRONMENT_FAULT = 3
+
+# What to do, by errno, when the machine refuses a read or write.
+_FAULT_ADVICE = {
+    errno.ENOSPC: "no space left on the device; free space there or choose "
+                  "a folder on another disk",
+    errno.EDQUOT: "disk quota exceeded; free space there or choose another "
+                  "folder",
+    errno.EFBIG: "file too large for this system's limits (ulimit -f); raise "
+                 "the limit or choose another folder",
+    errno.EROFS: "the file system is read-only; choose a folder you can "
+                 "write to",
+    errno.EACCES: "permission denied; choose a folder you can write to or "
+                  "fix its permissions",
+    errno.EPERM: "operation not permitted; choose a folder you can write to "
+                 "or fix its permissions",
+    errno.ENOENT: "no such file or folder (was it moved or deleted during "
+                  "the run?)",
+}
+# The same faults as TensorFlow's own file writers report them.
+_TF_FAULTS = {"No space left on device": errno.ENOSPC,
+              "Disk quota exceeded": errno.EDQUOT,
+              "Read-only file system": errno.EROFS,
+              "Permission denied": errno.EACCES}
+
+
+def environment_fault(e: BaseException) -> Optional[str]:
+  """One line for a fault of the machine (an OSError, or TensorFlow's error
+  for one), naming the path and what to do; None for anything else."""
+  if isinstance(e, OSError) and e.errno in _FAULT_ADVICE:
+    where = e.filename or "a file"
+    return f"{where}: {_FAULT_ADVICE[e.errno]}"
+  tf = sys.modules.get("tensorflow")
+  if tf is not None and isinstance(e, tf.errors.OpError):
+    text = str(getattr(e, "message", e))
+    for needle, code in _TF_FAULTS.items():
+      if needle in text:
+        line = text.strip().splitlines()[0][:200]
+        return f"{line}: {_FAULT_ADVICE[code]}"
+  return None
+
+
+class Terminated(KeyboardInterrupt):
+  """SIGTERM, raised in the main thread: handled as an interruption."""
+
+
+def _terminate(signum, frame) -> None:
+  del signum, frame
+  raise Terminated()
+
+
 def run_main(main: Callable[[], int], program: str) -> int:
-  """Runs main(); a UserError becomes one line on stderr and exit status 2."""
+  """Runs main(); a UserError becomes one line on stderr and exit status 2,
+  a fault of the machine one line and ENVIRONMENT_FAULT, an interruption
+  (Ctrl-C or SIGTERM, as Kubernetes, Slurm and systemd send it) one line
+  and 130."""
   try:
     return main()
   except UserError as e:
@@ -25,6 +83,13 @@ def run_main(main: Callable[[], int], program: str) -> int:
     sys.stderr.write(f"{program}: interrupted; completed outputs and cache "
                      "files are intact\n")
     return 130
+  except Exception as e:  # pylint: disable=broad-except
+    fault = environment_fault(e)
+    if fault is None:
+      raise
+    sys.stderr.write(f"{program}: error: {fault}; completed outputs and "
+                     "cache files are intact, run again to continue\n")
+    return ENVIRONMENT_FAULT
 
 
 def absl_entry(main: Callable[[list], int], program: str,
@@ -51,6 +116,7 @@ def absl_entry(main: Callable[[list], int], program: str,
     return main(argv)
 
   def entry() -> None:
+    signal.signal(signal.SIGTERM, _terminate)
     app.run(quiet_then_main, flags_parser=parse)
   return entry
 

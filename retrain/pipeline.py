@@ -135,9 +135,12 @@ def run(config: RunConfig, hparams: HParams = HParams(),
     final = final_model(inputs, layer, tuned, template, config)
     evaluation = evaluate(inputs.labels, final.test, config, summaries,
                           hparams.how_many_training_steps)
-  outputs = layer.outputs + write_reports(inputs, data, layer, tuned,
-                                          evaluation, config, hparams)
-  outputs += export_model(inputs, data, final, evaluation, config, hparams)
+  # The model first: a run that stops (a full disk) leaves no reports
+  # without the model they describe.
+  outputs = layer.outputs + export_model(inputs, data, final, evaluation,
+                                         config, hparams)
+  outputs += write_reports(inputs, data, layer, tuned, evaluation, config,
+                           hparams)
   for path in outputs:
     logging.info("Wrote %s", path)
   return RunResult(

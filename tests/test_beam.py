@@ -265,3 +265,43 @@ def test_beam_is_not_imported_without_the_flag(small_models, color_images,
                         env=dict(os.environ, PYTHONPATH=helpers.REPO))
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert proc.stdout.strip().splitlines()[-1] == "False"
+
+
+@pytest.mark.parametrize("lost", ["retried", "dropped"])
+def test_vectors_the_pipeline_did_not_report_are_recovered(
+    small_models, color_images, tmp_path, monkeypatch, lost):
+  """Nothing lost on any runner: a retried bundle whose images an earlier,
+  killed attempt had cached reports nothing of them ("retried": the
+  sidecar exists, no pack names it), and a runner may drop outputs
+  ("dropped": no sidecar either). The driver takes the first from their
+  sidecars and computes the others itself: none skipped, all equal to in
+  process."""
+  from retrain.features import beam_extract
+  original = beam_extract._WriteVector.process  # pylint: disable=protected-access
+  lost_rows = []
+
+  def process(self, item):
+    (index, ref, fingerprint), result = item
+    if index % 3:
+      return original(self, item)
+    lost_rows.append(index)
+    if lost == "retried":  # The killed attempt's sidecar; no pack row.
+      self.store.store(ref, np.asarray(result.inference, np.float32),
+                       cache.SourceFingerprint(*fingerprint))
+    return None
+
+  monkeypatch.setattr(beam_extract._WriteVector, "process", process)  # pylint: disable=protected-access
+  options = ModelOptions(graph=small_models["inception"], tfhub_module="")
+  plain = pipeline.cache_bottlenecks(
+      helpers.run_config(tmp_path / "plain", color_images), HParams(), options)
+  beamed_config = helpers.run_config(tmp_path / "beam", color_images,
+                                     beam_runner="DirectRunner")
+  beamed = pipeline.cache_bottlenecks(beamed_config, HParams(), options)
+  assert len(lost_rows) >= 10
+  assert beamed.filled.failures == plain.filled.failures == []
+  assert beamed.filled.computed == plain.filled.computed
+  np.testing.assert_allclose(np.asarray(beamed.filled.vectors),
+                             np.asarray(plain.filled.vectors), atol=SAME)
+  # Every image has its sidecar now, so the next run reads them all.
+  again = pipeline.cache_bottlenecks(beamed_config, HParams(), options)
+  assert again.filled.computed == 0

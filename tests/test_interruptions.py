@@ -222,3 +222,228 @@ def test_nothing_is_written_outside_the_named_paths(many_images,
                  "confusion_matrix.png"} - (
                      set() if _has_matplotlib() else {"confusion_matrix.png"})
   assert not [f for f in helpers.files_under(str(out)) if f.endswith(".tmp")]
+
+
+# ------------------------------------------- faults of the environment --
+
+class _SmallDisk:
+  """Folders on a tmpfs of a given size (mounted as root), or, where no
+  mount is allowed, plain folders with the process's file size limited to
+  that size (ulimit -f): either way writes fail as on a full disk."""
+
+  def __init__(self, root):
+    self.root = root
+    self.mounts = []
+    self.limit = None
+
+  def folder(self, name, size_kb):
+    path = os.path.join(str(self.root), name)
+    os.makedirs(path)
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_kb}k",
+                           "tmpfs", path], capture_output=True)
+    if proc.returncode == 0:
+      self.mounts.append(path)
+    else:
+      self.limit = size_kb * 1024
+    return path
+
+  def grow(self, path, size_kb):
+    if path in self.mounts:
+      subprocess.run(["mount", "-o", f"remount,size={size_kb}k", path],
+                     check=True)
+    self.limit = None
+
+  def preexec(self):
+    limit = self.limit
+    if limit is None:
+      return None
+
+    def apply():
+      import resource  # pylint: disable=g-import-not-at-top
+      signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG, not a kill.
+      resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    return apply
+
+  def close(self):
+    for path in self.mounts:
+      subprocess.run(["umount", "-l", path], capture_output=True)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+  disk = _SmallDisk(tmp_path)
+  yield disk
+  disk.close()
+
+
+def _run(args, preexec=None):
+  proc = _popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                text=True, preexec_fn=preexec)
+  out, err = proc.communicate(timeout=600)
+  return proc.returncode, err
+
+
+def _one_error_line(stderr, program="retrain"):
+  """The one 'retrain: error:' line, checking there is no traceback."""
+  assert "Traceback" not in stderr, stderr[-3000:]
+  errors = [l for l in stderr.splitlines() if l.startswith(f"{program}: ")]
+  assert len(errors) == 1 and stderr.rstrip().endswith(errors[0]), stderr[
+      -3000:]
+  return errors[0]
+
+
+def _temporary_files(root):
+  return [f for f in helpers.files_under(str(root))
+          if f.endswith(".tmp") or os.path.basename(f).startswith(".")]
+
+
+def test_full_cache_disk_is_one_line_and_the_cache_stays_valid(
+    many_images, small_models, small_disk, tmp_path):
+  bn = small_disk.folder("bn", 1024)
+  code, err = _run(_args(many_images, small_models["inception"], bn,
+                         tmp_path / "out"), small_disk.preexec())
+  assert code == 3, err[-3000:]
+  line = _one_error_line(err)
+  assert bn in line and "run again to continue" in line, line
+  assert not _temporary_files(bn)
+  present = _vectors(bn)  # Every cache file there is complete.
+  assert not os.path.exists(tmp_path / "out" / "graph.pb")
+  small_disk.grow(bn, 64 * 1024)
+  code, err = _run(_args(many_images, small_models["inception"], bn,
+                         tmp_path / "out"))
+  assert code == 0, err[-3000:]
+  assert f"Bottlenecks: {len(present)} from cache, {600 - len(present)} " \
+         "computed" in err
+
+
+def test_full_output_disk_is_one_line_and_leaves_no_partial_outputs(
+    many_images, small_models, small_disk, tmp_path):
+  out = small_disk.folder("out", 64)
+  code, err = _run(_args(many_images, small_models["inception"],
+                         tmp_path / "bn", out), small_disk.preexec())
+  assert code == 3, err[-3000:]
+  line = _one_error_line(err)
+  assert os.path.join(out, "graph.pb") in line, line
+  # The model is written first, so no report describes a missing model.
+  assert sorted(os.listdir(out)) == [], os.listdir(out)
+
+
+def test_read_only_output_folder_is_one_line(many_images, small_models,
+                                             tmp_path):
+  out = tmp_path / "out"
+  out.mkdir()
+  proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k,ro", "tmpfs",
+                         str(out)], capture_output=True)
+  if proc.returncode != 0:
+    if os.environ.get("CI") == "true":
+      pytest.fail(f"cannot mount a read-only tmpfs: {proc.stderr}")
+    pytest.skip("cannot mount a read-only tmpfs here")
+  try:
+    code, err = _run(_args(many_images, small_models["inception"],
+                           tmp_path / "bn", out))
+  finally:
+    subprocess.run(["umount", "-l", str(out)], capture_output=True)
+  assert code == 2, err[-3000:]  # Found before any work: bad input.
+  assert "cannot write in" in _one_error_line(err)
+
+
+def _wait_for(proc, pattern, timeout=120):
+  """Reads proc's stderr lines until one contains `pattern`; returns all
+  read so far (the rest keeps being drained on a thread)."""
+  import threading  # pylint: disable=g-import-not-at-top
+  seen, found = [], threading.Event()
+
+  def drain():
+    for line in proc.stderr:
+      seen.append(line)
+      if pattern in line:
+        found.set()
+    found.set()
+  threading.Thread(target=drain, daemon=True).start()
+  assert found.wait(timeout), "".join(seen)[-3000:]
+  return seen
+
+
+def _interrupted(proc, seen):
+  proc.wait(timeout=120)
+  time.sleep(0.2)  # The drain thread reads the last lines.
+  err = "".join(seen)
+  assert proc.returncode == 130, err[-3000:]
+  assert _one_error_line(err) == ("retrain: interrupted; completed outputs "
+                                  "and cache files are intact")
+  return err
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_sigterm_during_extraction_is_an_interruption(
+    many_images, small_models, tmp_path, sig):
+  """SIGTERM (Kubernetes, Slurm, systemd) as Ctrl-C: one line, exit 130,
+  every cache file written whole, nothing else written."""
+  bn = tmp_path / "bn"
+  proc = _popen(_args(many_images, small_models["inception"], bn,
+                      tmp_path / "out"), stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE, text=True)
+  seen = _wait_for(proc, "Bottlenecks (")
+  deadline = time.time() + 60
+  while not (bn.is_dir() and _cache_files(str(bn))) and time.time() < deadline:
+    time.sleep(0.01)
+  proc.send_signal(sig)
+  _interrupted(proc, seen)
+  _vectors(str(bn))
+  assert not _temporary_files(bn)
+  assert not os.path.exists(tmp_path / "out")
+
+
+def test_sigterm_during_training_writes_no_output(many_images, small_models,
+                                                  tmp_path):
+  bn = tmp_path / "bn"
+  warm = helpers.run_cli(_args(many_images, small_models["inception"], bn,
+                               tmp_path / "warm"))
+  assert warm.returncode == 0, warm.stderr[-2000:]
+  proc = _popen(_args(many_images, small_models["inception"], bn,
+                      tmp_path / "out", steps=10**7),
+                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+  seen = _wait_for(proc, "Images: ")
+  time.sleep(1.0)  # Inside the training loop.
+  proc.send_signal(signal.SIGTERM)
+  _interrupted(proc, seen)
+  assert not os.path.exists(tmp_path / "out" / "graph.pb")
+  assert not _temporary_files(bn)
+
+
+def test_flipped_bytes_in_the_index_vectors_are_found_and_rebuilt(
+    color_images, small_models, tmp_path):
+  """Two bytes flipped in a packed index's vectors: the damaged block is
+  read again from the sidecars (or recomputed where one is gone), the
+  index rebuilt, and training gets exactly a clean run's numbers."""
+  options = ModelOptions(graph=small_models["inception"], tfhub_module="")
+  steps = HParams(how_many_training_steps=50)
+  config = helpers.run_config(tmp_path, color_images, saved_model_dir="",
+                              summaries_dir="", checkpoint_path="")
+  clean = pipeline.run(config, steps, options)
+  (path,) = [os.path.join(config.bottleneck_dir, n)
+             for n in os.listdir(config.bottleneck_dir)
+             if n.endswith(cache.index.SUFFIX)]
+  with open(path, "rb") as f:
+    data = bytearray(f.read())
+  header = cache.index._HEADER.unpack_from(data)  # pylint: disable=protected-access
+  rows, dim = header[3], header[4]
+  _, vectors_at, _ = cache.index._layout(rows, dim)  # pylint: disable=protected-access
+  for k in (3, 4 * dim * (rows // 2) + 1):  # Two rows, one byte each.
+    data[vectors_at + k] ^= 0xFF
+  with open(path, "wb") as f:
+    f.write(data)
+  # One damaged row's sidecar is gone too: it must be computed again.
+  sidecars = _cache_files(config.bottleneck_dir)
+  os.remove(os.path.join(config.bottleneck_dir, sorted(sidecars)[0]))
+  again = pipeline.run(config, steps, options)
+  assert again.bottlenecks_computed == 1
+  assert again.bottlenecks_from_cache == clean.bottlenecks_computed - 1
+  np.testing.assert_array_equal(again.final_weights, clean.final_weights)
+  reopened = cache.PackedIndex.open(config.bottleneck_dir,
+                                    os.path.basename(path)[:-len(
+                                        cache.index.SUFFIX)], dim)
+  assert reopened is not None and not reopened.damaged_rows().any()
+  # A clean index is used as it is: nothing read from the sidecars.
+  third = pipeline.run(config, steps, options)
+  assert third.bottlenecks_computed == 0

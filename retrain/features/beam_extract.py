@@ -402,7 +402,10 @@ def compute(refs: Sequence[cache.ImageRef], fx, tag: str, root: str,
   """Runs the pipeline over `refs`, which writes their sidecars under cache
   tag `tag` (the model's, or an augmented copy's); then yields (index,
   vector, None) or (index, None, why it cannot be used) for every image, as
-  the in-process extractor's compute does (in no particular order)."""
+  the in-process extractor's compute does (in no particular order), and
+  (index, None, None) for an image the pipeline gave no answer for (a
+  retried bundle that found it cached, a runner that dropped its output):
+  see bottlenecks._recover."""
   run = fs.join(root, ".beam", f"{tag}-{uuid.uuid4().hex[:12]}")
   store = fs.for_path(run)
   job = Job(root, tag, stage_model(fx, root),
@@ -445,8 +448,7 @@ def compute(refs: Sequence[cache.ImageRef], fx, tag: str, root: str,
           answered[index] = True
           yield index, None, reason
     for index in np.flatnonzero(~answered).tolist():
-      yield index, None, ("the Beam pipeline wrote no vector for it (did "
-                          "the pipeline fail?)")
+      yield index, None, None  # Unanswered: the caller recovers it.
   finally:
     try:
       store.remove_tree(run)

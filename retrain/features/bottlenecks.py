@@ -71,11 +71,57 @@ def _beam_compute(store: cache.BottleneckCache,
   """Runs the Beam pipeline over `missing`, then yields what it computed
   (or why an image cannot be used), as an extractor's compute would."""
   from retrain.features import beam_extract  # pylint: disable=g-import-not-at-top
-  return beam_extract.compute(
+  unanswered = []
+  for index, vector, error in beam_extract.compute(
       missing, work.fx, store.tag, config.bottleneck_dir, config.beam_runner,
       config.beam_options, config.bottleneck_batch_size or
       beam_extract.DEFAULT_BATCH_SIZE, work.distortions, work.copy,
-      work.random_seed)
+      work.random_seed):
+    if vector is None and error is None:
+      unanswered.append(index)
+    else:
+      yield index, vector, error
+  yield from _recover(store, missing, unanswered, work, config)
+
+
+def _recover(store: cache.BottleneckCache, refs: Sequence[cache.ImageRef],
+             indices: Sequence[int], work: _Work, config: RunConfig):
+  """Yields (index, vector, error) for the images a Beam pipeline gave no
+  answer for: the vector of a valid sidecar one of its attempts wrote (a
+  retried bundle finds its images cached and says nothing of them), else
+  computed here, as without Beam. Nothing is lost: a bad image is reported
+  as in process; any other failure raises."""
+  if not indices:
+    return
+  logging.warning("Beam: %d images came back without a vector (a retried "
+                  "or dropped bundle); taking them from their cache files "
+                  "or computing them here", len(indices))
+  again = []
+  fingerprints = {}
+  for i in indices:
+    try:
+      fingerprints[i] = cache.SourceFingerprint.of(refs[i].path)
+    except OSError as e:
+      yield i, None, f"cannot read it ({e.strerror})"
+      continue
+    vector = store.load(refs[i], fingerprints[i])
+    if vector is not None:
+      yield i, vector, None
+    else:
+      again.append(i)
+  if not again:
+    return
+  extractor = BottleneckExtractor(
+      work.fx, config.bottleneck_batch_size, distortions=work.distortions,
+      copy=work.copy, random_seed=work.random_seed)
+  try:
+    for j, vector, error in extractor.compute([refs[i] for i in again]):
+      i = again[j]
+      if vector is not None:  # fill leaves storing to the pipeline.
+        store.store(refs[i], np.asarray(vector, np.float32), fingerprints[i])
+      yield i, vector, error
+  finally:
+    extractor.close()
 
 
 def compute_bottlenecks(image_lists: images.ImageLists, fx: FeatureExtractor,

@@ -300,11 +300,14 @@ def test_demo_page_classifies_a_photo_in_chromium(exports, photos, tmp_path):
       assert abs(shown[label] - reference[0, i]) < 1e-4, (label, shown)
 
 
-@pytest.mark.parametrize("model", ["tfhub_mobilenet", "efficientnet_lite0"])
+@pytest.mark.parametrize("model", ["tfhub_mobilenet", "efficientnet_lite0",
+                                   "fine_tuned_mobilenet"])
 def test_tfjs_export_of_other_models_runs_in_node(shared, tmp_path, model):
-  """A TF-Hub SavedModel and EfficientNet-Lite0 (residual blocks, another
-  family) export to tfjs and run in Node like the frozen graph export does
-  in TensorFlow (a random new layer: no training needed to compare)."""
+  """A TF-Hub SavedModel, EfficientNet-Lite0 (residual blocks, another
+  family) and a fine-tuned model (trained values written back into the
+  frozen graph, as stage 2 exports it) export to tfjs and run in Node like
+  the frozen graph export does in TensorFlow (a random new layer: no
+  training needed to compare)."""
   node = _node()
   from retrain.deploy import export  # pylint: disable=g-import-not-at-top
   from retrain.features.model import load_feature_extractor  # pylint: disable=g-import-not-at-top
@@ -312,6 +315,9 @@ def test_tfjs_export_of_other_models_runs_in_node(shared, tmp_path, model):
   if model == "tfhub_mobilenet":
     options = ModelOptions(tfhub_module=os.path.join(
         models, "mobilenet_v1_025_128", "saved_model"))
+  elif model == "fine_tuned_mobilenet":
+    options = ModelOptions(graph=os.path.join(
+        models, "mobilenet_v1_025_128", "frozen_graph.pb"))
   else:
     options = ModelOptions(
         graph=os.path.join(models, "efficientnet_lite0", "frozen_graph.pb"),
@@ -319,6 +325,16 @@ def test_tfjs_export_of_other_models_runs_in_node(shared, tmp_path, model):
         input_mean=127.0, input_std=128.0)
   fx = load_feature_extractor(options, str(tmp_path / "cache"))
   rng = np.random.default_rng(0)
+  if model == "fine_tuned_mobilenet":
+    import dataclasses  # pylint: disable=g-import-not-at-top
+    from retrain.features import cut as cuts  # pylint: disable=g-import-not-at-top
+    from retrain.training import top as tops  # pylint: disable=g-import-not-at-top
+    cut = cuts.choose_cut(fx.graph_def, fx.bottleneck_tensor, layers=2)
+    values = {t: v * np.float32(1 + rng.normal(0, 0.05, v.shape))
+              for t, v in tops.constant_values(
+                  fx.graph_def, cut.trainable()).items()}
+    fx = dataclasses.replace(fx, graph_def=tops.frozen_with_values(
+        fx.graph_def, values))
   weights = rng.normal(0, 0.05, (fx.bottleneck_size, 3)).astype(np.float32)
   biases = np.zeros(3, np.float32)
   folder = str(tmp_path / "tfjs")

@@ -33,6 +33,13 @@ class _Work(NamedTuple):
   random_seed: int = 0
 
 
+def _extractor(work: _Work, config: RunConfig) -> BottleneckExtractor:
+  """The in-process extractor for one cache tag's missing vectors."""
+  return BottleneckExtractor(work.fx, config.bottleneck_batch_size,
+                             distortions=work.distortions, copy=work.copy,
+                             random_seed=work.random_seed)
+
+
 def _fill(store: cache.BottleneckCache, refs: Sequence[cache.ImageRef],
           what: str, work: _Work, config: RunConfig) -> cache.FillResult:
   """store.fill with a progress report; the missing vectors computed by a
@@ -49,9 +56,7 @@ def _fill(store: cache.BottleneckCache, refs: Sequence[cache.ImageRef],
         len(missing)))
     if config.beam_runner:
       return _beam_compute(store, missing, work, config)
-    extractors.append(BottleneckExtractor(
-        work.fx, config.bottleneck_batch_size, distortions=work.distortions,
-        copy=work.copy, random_seed=work.random_seed))
+    extractors.append(_extractor(work, config))
     return extractors[0].compute(missing)
 
   try:
@@ -111,9 +116,7 @@ def _recover(store: cache.BottleneckCache, refs: Sequence[cache.ImageRef],
       again.append(i)
   if not again:
     return
-  extractor = BottleneckExtractor(
-      work.fx, config.bottleneck_batch_size, distortions=work.distortions,
-      copy=work.copy, random_seed=work.random_seed)
+  extractor = _extractor(work, config)
   try:
     for j, vector, error in extractor.compute([refs[i] for i in again]):
       i = again[j]

@@ -69,7 +69,8 @@ def build_trainable_top(graph_def: tf1.GraphDef, cut: Cut,
                                    name=node_name(t).replace("/", "_"))
                 for t in cut.inputs}
   with tf1.variable_scope(name + "_variables"):
-    variables = {t: tf1.Variable(values[t], name=node_name(t).replace("/", "_"))
+    variables = {t: tf1.Variable(values[t],
+                                 name=node_name(t).replace("/", "_"))
                  for t in cut.trainable()}
   mapping = dict(inputs)
   mapping.update({t: v.value() for t, v in variables.items()})

@@ -30,8 +30,9 @@ setup(
         "litert": ["ai-edge-litert", "pillow"],
         "beam": ["apache-beam>=2.77"],
         "gcp": ["apache-beam[gcp]>=2.77"],
+        "dask": ["apache-beam[dask]>=2.77"],
         "test": ["pytest", "pillow", "matplotlib", "ai-edge-litert",
-                 "apache-beam>=2.77", "mediapipe>=0.10.30"],
+                 "apache-beam[dask]>=2.77", "mediapipe>=0.10.30"],
     },
     entry_points={
         "console_scripts": [

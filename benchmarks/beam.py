@@ -8,8 +8,11 @@ On the same images and model (default: the 2 000 photos of
 computes every bottleneck into a new, empty cache, in a fresh process
 (`python -m retrain --only_bottlenecks`, whole command timed; with
 --repeats, the ways take turns and each one's median run counts): in process
-(today's default), Beam's DirectRunner in memory, and DirectRunner
-multi_processing with 1 and 2 worker processes. The cache files' times
+(today's default), Beam's DirectRunner in memory, DirectRunner
+multi_processing with 1 and 2 worker processes, and (unless --nodask) the
+DaskRunner on a local cluster retrain starts and on a cluster of 2 worker
+processes started beforehand (its workers stay warm from one run to the
+next, as a standing cluster's do). The cache files' times
 split each run into start-up (command start to the first vector written:
 imports, workers started, the model loaded) and extraction (first to last
 vector written: the steady rate, what more images or more machines
@@ -38,6 +41,10 @@ flags.DEFINE_integer("copies", 1, "Link each photo this many times under "
                      "different names: K times the images, each one decoded "
                      "and run through the CNN (a larger job from the same "
                      "photos).")
+flags.DEFINE_bool("dask", True, "Also run Beam's DaskRunner: on a local "
+                  "cluster that retrain starts (start-up counted), and on "
+                  "one the benchmark started before (warm workers, as a "
+                  "standing cluster's). Needs pip install '.[dask]'.")
 flags.DEFINE_list("model_flags", [], "More retrain flags for the model, e.g. "
                   "--input_tensor=input:0,--bottleneck_tensor=...")
 FLAGS = flags.FLAGS
@@ -54,6 +61,20 @@ WAYS = [
         "--beam_options=--direct_running_mode=multi_processing "
         "--direct_num_workers=2"]),
 ]
+DASK_WAYS = [
+    ("DaskRunner, local cluster retrain starts", ["--beam_runner=DaskRunner"]),
+    # The address is filled in once the benchmark's cluster is up.
+    ("DaskRunner, a running cluster (2 workers)", ["--beam_runner=DaskRunner"]),
+]
+
+
+def _dask_cluster():
+  """A cluster of 2 worker processes on loopback, as `dask scheduler` and
+  two `dask worker` would be."""
+  import distributed  # pylint: disable=g-import-not-at-top
+  return distributed.LocalCluster(
+      n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+      dashboard_address=None, silence_logs=40)
 
 
 def _run(image_dir, model_flags, extra, work):
@@ -120,17 +141,25 @@ def main(_):
   images = sum(len([f for f in files if not f.startswith(".")])
                for root, _, files in os.walk(image_dir) if root != image_dir)
   rows, vectors, rates = [], {}, {}
-  runs = {name: [] for name, _ in WAYS}
+  ways = list(WAYS)
+  cluster = None
+  if FLAGS.dask:
+    cluster = _dask_cluster()
+    ways += [DASK_WAYS[0], (DASK_WAYS[1][0], DASK_WAYS[1][1] + [
+        f"--beam_options=--dask_client_address={cluster.scheduler_address}"])]
+  runs = {name: [] for name, _ in ways}
   # Ways take turns, so that a drift of this shared machine's speed weighs
   # on all of them; each way's median run counts (the fastest would be the
   # luckiest: in process, the batch size chosen by timing varies).
   for repeat in range(FLAGS.repeats):
-    for name, extra in WAYS:
+    for name, extra in ways:
       runs[name].append(_run(image_dir, model_flags, extra, work))
       if repeat == 0:
         vectors[name] = _cached_vectors(os.path.join(work, "cache"))
       print(name, [f"{x:.2f}" for x in runs[name][-1]], flush=True)
-  for name, _ in WAYS:
+  if cluster is not None:
+    cluster.close()
+  for name, _ in ways:
     seconds, start_up, extraction = sorted(runs[name])[len(runs[name]) // 2]
     rates[name] = (images - 1) / extraction
     rows.append([name, f"{seconds:.1f}", f"{images / seconds:.0f}",

@@ -175,7 +175,7 @@ def _check_writable(flag: str, folder: str) -> None:
 
 # --beam_runner values: Beam's runner names (listed here so that checking
 # them does not import Beam).
-BEAM_RUNNERS = ("DirectRunner", "DataflowRunner", "FlinkRunner",
+BEAM_RUNNERS = ("DirectRunner", "DaskRunner", "DataflowRunner", "FlinkRunner",
                 "SparkRunner", "PortableRunner", "PrismRunner")
 
 
@@ -195,6 +195,10 @@ def _check_beam(config: RunConfig) -> None:
     raise UserError(f"--beam_runner={config.beam_runner} needs Apache Beam: "
                     "pip install 'retrain[beam]' (and 'retrain[gcp]' for "
                     "Dataflow)")
+  if (config.beam_runner == "DaskRunner" and
+      importlib.util.find_spec("distributed") is None):
+    raise UserError("--beam_runner=DaskRunner needs Dask's distributed "
+                    "scheduler: pip install 'retrain[dask]'")
   import shlex  # pylint: disable=g-import-not-at-top
   try:
     shlex.split(config.beam_options)

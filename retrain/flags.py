@@ -78,14 +78,17 @@ flags.DEFINE_string("beam_runner", _R.beam_runner,
                     "Compute the bottlenecks that are not cached yet (and "
                     "augmented copies and fine-tuning cut activations) with "
                     "an Apache Beam pipeline on this runner: DirectRunner, "
-                    "DataflowRunner, FlinkRunner, SparkRunner, "
+                    "DaskRunner, DataflowRunner, FlinkRunner, SparkRunner, "
                     "PortableRunner, PrismRunner. Needs pip install "
-                    "'retrain[beam]'. Default: in this process.")
+                    "'retrain[beam]' ('retrain[dask]' for DaskRunner). "
+                    "Default: in this process.")
 flags.DEFINE_string("beam_options", _R.beam_options,
                     "Beam pipeline options for --beam_runner, as one string, "
                     "e.g. \"--direct_running_mode=multi_processing "
-                    "--direct_num_workers=2\" or \"--project=P --region=R "
-                    "--temp_location=gs://B/tmp --setup_file=./setup.py\".")
+                    "--direct_num_workers=2\", \"--project=P --region=R "
+                    "--temp_location=gs://B/tmp --setup_file=./setup.py\" or "
+                    "\"--dask_client_address=HOST:PORT\" (without it, "
+                    "DaskRunner starts a local cluster).")
 flags.DEFINE_float("max_in_memory_mb", _R.max_in_memory_mb,
                    "Bottlenecks larger than this stay on disk (memory-"
                    "mapped from the cache index) during training; 0: a "
@@ -112,7 +115,6 @@ flags.DEFINE_enum("class_sampling", _H.class_sampling,
                   "How training batches are drawn: balanced (a class "
                   "uniformly, then one of its images; the classic tool's "
                   "rule) or proportional (images uniformly).")
-
 # Fine-tuning (stage 2).
 flags.DEFINE_integer("fine_tune_layers", _H.fine_tune_layers,
                      "After training the new layer, also train the last N "

@@ -5,6 +5,7 @@ folders (its workers cannot see this process's ram://); in-process ones use
 the DirectRunner in memory.
 """
 
+import json
 import os
 import re
 import signal
@@ -97,23 +98,33 @@ def test_a_warm_beam_run_computes_nothing(dev_caches, monkeypatch):
   assert not started
 
 
-def test_the_driver_indexes_each_vector_once_from_the_packs(
-    small_models, color_images, tmp_path, monkeypatch):
-  """In memory: packs flushed inside a bundle, each written twice (as by a
-  retried bundle), give every image's vector once, equal to in process."""
+@pytest.mark.parametrize("how", ["duplicated", "retried"])
+def test_duplicated_and_retried_shards_index_each_vector_once(
+    small_models, color_images, tmp_path, monkeypatch, how):
+  """Shards of 3 images, each answered twice ("duplicated": as a runner
+  that runs a bundle twice), or the first failing once after writing its
+  sidecars ("retried": the bundle-based DirectRunner retries its bundle,
+  whose retry finds them): every image's vector once, equal to in
+  process."""
   from retrain.features import beam_extract
-  monkeypatch.setattr(beam_extract, "PACK_SIZE", 3)
-  write = beam_extract._WriteVector._write_pack  # pylint: disable=protected-access
-  packs = []
+  monkeypatch.setattr(beam_extract, "MAX_SHARD_SIZE", 3)
+  write = beam_extract._ExtractShard._write_pack  # pylint: disable=protected-access
+  packs, failed = [], set()
 
-  def twice(self):
-    rows = (list(self.indices), list(self.vectors))
-    write(self)
-    self.indices, self.vectors = rows
-    write(self)
-    packs.append(len(rows[0]))
+  def twice(self, shard, answers):
+    write(self, shard, answers)
+    write(self, shard, answers)
+    packs.append(len(answers.indices))
 
-  monkeypatch.setattr(beam_extract._WriteVector, "_write_pack", twice)  # pylint: disable=protected-access
+  def fail_once(self, shard, answers):
+    if not failed:
+      failed.add(shard)
+      raise RuntimeError("a worker lost after writing the sidecars")
+    write(self, shard, answers)
+    packs.append(len(answers.indices))
+
+  monkeypatch.setattr(beam_extract._ExtractShard, "_write_pack",  # pylint: disable=protected-access
+                      twice if how == "duplicated" else fail_once)
   answers = []
   compute = beam_extract.compute
 
@@ -126,12 +137,17 @@ def test_the_driver_indexes_each_vector_once_from_the_packs(
   options = ModelOptions(graph=small_models["inception"], tfhub_module="")
   plain = pipeline.cache_bottlenecks(
       helpers.run_config(tmp_path / "plain", color_images), HParams(), options)
+  runner = "DirectRunner" if how == "duplicated" else "BundleBasedDirectRunner"
+  from retrain import checks
+  monkeypatch.setattr(checks, "BEAM_RUNNERS", (*checks.BEAM_RUNNERS, runner))
   beamed = pipeline.cache_bottlenecks(
-      helpers.run_config(tmp_path / "beam", color_images,
-                         beam_runner="DirectRunner"), HParams(), options)
-  assert max(packs) == 3 and sum(packs) == plain.filled.computed > 3
-  assert sorted(answers) == list(range(plain.filled.computed))
-  assert beamed.filled.computed == plain.filled.computed
+      helpers.run_config(tmp_path / "beam", color_images, beam_runner=runner),
+      HParams(), options)
+  n = plain.filled.computed
+  assert max(packs) == 3 and sum(packs) == n > 3
+  assert len(failed) == (how == "retried")
+  assert sorted(answers) == list(range(n))  # Each once, none unanswered.
+  assert beamed.filled.computed == n and beamed.filled.failures == []
   np.testing.assert_allclose(np.asarray(beamed.filled.vectors),
                              np.asarray(plain.filled.vectors), atol=SAME)
   # The pipeline's scratch folder (shards, packs) is gone.
@@ -267,30 +283,32 @@ def test_beam_is_not_imported_without_the_flag(small_models, color_images,
   assert proc.stdout.strip().splitlines()[-1] == "False"
 
 
-@pytest.mark.parametrize("lost", ["retried", "dropped"])
+@pytest.mark.parametrize("lost", ["pack", "everything"])
 def test_vectors_the_pipeline_did_not_report_are_recovered(
     small_models, color_images, tmp_path, monkeypatch, lost):
-  """Nothing lost on any runner: a retried bundle whose images an earlier,
-  killed attempt had cached reports nothing of them ("retried": the
-  sidecar exists, no pack names it), and a runner may drop outputs
-  ("dropped": no sidecar either). The driver takes the first from their
-  sidecars and computes the others itself: none skipped, all equal to in
-  process."""
+  """Nothing lost on any runner: a runner that drops a third of the shards'
+  answers ("pack": their sidecars are there, no pack names them) or all
+  trace of them ("everything": no sidecar either). The driver takes the
+  first from their sidecars and computes the others itself: none skipped,
+  all equal to in process."""
   from retrain.features import beam_extract
-  original = beam_extract._WriteVector.process  # pylint: disable=protected-access
+  write = beam_extract._ExtractShard._write_pack  # pylint: disable=protected-access
   lost_rows = []
 
-  def process(self, item):
-    (index, ref, fingerprint), result = item
-    if index % 3:
-      return original(self, item)
-    lost_rows.append(index)
-    if lost == "retried":  # The killed attempt's sidecar; no pack row.
-      self.store.store(ref, np.asarray(result.inference, np.float32),
-                       cache.SourceFingerprint(*fingerprint))
-    return None
+  def lossy(self, shard, answers):
+    with open(shard) as f:
+      refs = {row[0]: cache.ImageRef(*row[1:]) for row in json.load(f)}
+    kept = beam_extract.Answers()
+    for index, vector in zip(answers.indices, answers.vectors):
+      if index % 3:
+        kept.vector(index, vector)
+        continue
+      lost_rows.append(index)
+      if lost == "everything":
+        os.remove(self.store.path_for(refs[index]))
+    write(self, shard, kept)
 
-  monkeypatch.setattr(beam_extract._WriteVector, "process", process)  # pylint: disable=protected-access
+  monkeypatch.setattr(beam_extract._ExtractShard, "_write_pack", lossy)  # pylint: disable=protected-access
   options = ModelOptions(graph=small_models["inception"], tfhub_module="")
   plain = pipeline.cache_bottlenecks(
       helpers.run_config(tmp_path / "plain", color_images), HParams(), options)

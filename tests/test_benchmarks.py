@@ -27,7 +27,7 @@ def test_augmentation_benchmark_prints_its_table(shared):
 
 def test_beam_benchmark_prints_every_way_with_equal_vectors(shared):
   helpers.require("apache_beam")
-  out = _run("beam.py", ["--max_images=40"])
+  out = _run("beam.py", ["--max_images=40", "--nodask"])  # test_dask.py
   for way in ("in process", "DirectRunner, in memory",
               "DirectRunner, 1 worker process",
               "DirectRunner, 2 worker processes"):

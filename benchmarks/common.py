@@ -1,5 +1,6 @@
 """Helpers shared by the benchmark scripts (no timing assertions: they print)."""
 
+import hashlib
 import os
 import resource
 import sys
@@ -99,3 +100,53 @@ def define_model_flags(tfhub: bool = True) -> None:
                       "mobilenet_v1_025_128).")
   if tfhub:
     flags.DEFINE_string("tfhub_module", None, "TF-Hub module folder instead.")
+
+
+# k-fold cross-validation on a shared data set (fine_tune.py,
+# head_quality.py): of the photos outside the test fold, this share
+# validates (retrain's own hash rule), the others train.
+VALIDATION_PERCENTAGE = 12.5
+
+
+def fold_of(name: str, folds: int) -> int:
+  """The test fold of a photo: a stable hash of its name."""
+  return int(hashlib.sha1(name.encode()).hexdigest(), 16) % folds
+
+
+def fold_lists(image_dir: str, fold: int, folds: int):
+  """images.ImageLists with fold `fold` as the test set."""
+  from retrain.data import images  # pylint: disable=g-import-not-at-top
+  found = images.list_images(image_dir, 0, 0)
+  classes = []
+  for c in found.classes:
+    every = c.training + c.validation + c.testing
+    test = tuple(f for f in every if fold_of(f, folds) == fold)
+    rest = [f for f in every if fold_of(f, folds) != fold]
+    val = tuple(f for f in rest if images.assign_category(
+        f, 0, VALIDATION_PERCENTAGE) == images.VALIDATION)
+    train = tuple(f for f in rest if f not in val)
+    classes.append(images.ClassImages(c.label, c.dir_name, train, val, test))
+  return images.ImageLists(found.image_dir, tuple(classes))
+
+
+# Frozen graphs of ../shared/models whose tensor names or scaling retrain
+# does not recognise by itself (their READMEs give these).
+MODEL_TENSORS = {
+    "mobilenet_v1_075_224": dict(
+        input_tensor="input:0", bottleneck_tensor="feature_vector:0",
+        input_mean=127.5, input_std=127.5),
+    "efficientnet_lite0": dict(
+        input_tensor="input:0", bottleneck_tensor="feature_vector:0",
+        input_mean=127.0, input_std=128.0),
+    "efficientnet_lite2": dict(
+        input_tensor="input:0", bottleneck_tensor="feature_vector:0",
+        input_size=(260, 260), input_mean=127.0, input_std=128.0),
+}
+
+
+def shared_model_options(name: str):
+  """ModelOptions for the frozen graph of ../shared/models/<name>."""
+  from retrain.config import ModelOptions  # pylint: disable=g-import-not-at-top
+  return ModelOptions(graph=os.path.join(shared_dir(), "models", name,
+                                         "frozen_graph.pb"), tfhub_module="",
+                      **MODEL_TENSORS.get(name, {}))

@@ -26,7 +26,6 @@ cache is shared between them under --work_dir, so folds and variants reuse
 each other's bottlenecks and cut activations.
 """
 
-import hashlib
 import json
 import os
 import subprocess
@@ -62,42 +61,11 @@ VARIANTS = {"plain": {}, "flips": dict(flip_left_right=True,
                                        augmentation_copies=1)}
 KERAS_WIDTH = {"mobilenet_v1_075_224": 0.75, "mobilenet_v1_025_224": 0.25,
                "mobilenet_v1_025_128": 0.25}
-VALIDATION_PERCENTAGE = 12.5  # Of the photos outside the test fold.
-
-
-def fold_of(name: str, folds: int) -> int:
-  """The test fold of a photo: a stable hash of its name."""
-  return int(hashlib.sha1(name.encode()).hexdigest(), 16) % folds
-
-
-def fold_lists(image_dir: str, fold: int, folds: int):
-  """images.ImageLists with fold `fold` as the test set."""
-  from retrain.data import images  # pylint: disable=g-import-not-at-top
-  found = images.list_images(image_dir, 0, 0)
-  classes = []
-  for c in found.classes:
-    every = c.training + c.validation + c.testing
-    test = tuple(f for f in every if fold_of(f, folds) == fold)
-    rest = [f for f in every if fold_of(f, folds) != fold]
-    val = tuple(f for f in rest if images.assign_category(
-        f, 0, VALIDATION_PERCENTAGE) == images.VALIDATION)
-    train = tuple(f for f in rest if f not in val)
-    classes.append(images.ClassImages(c.label, c.dir_name, train, val, test))
-  return images.ImageLists(found.image_dir, tuple(classes))
-
-
-# Frozen graphs whose tensor names retrain does not recognise by itself
-# (their READMEs give these).
-MODEL_TENSORS = {"mobilenet_v1_075_224": dict(
-    input_tensor="input:0", bottleneck_tensor="feature_vector:0",
-    input_mean=127.5, input_std=127.5)}
+fold_lists = common.fold_lists
 
 
 def _model_options(name: str):
-  from retrain.config import ModelOptions  # pylint: disable=g-import-not-at-top
-  return ModelOptions(graph=os.path.join(common.shared_dir(), "models", name,
-                                         "frozen_graph.pb"), tfhub_module="",
-                      **MODEL_TENSORS.get(name, {}))
+  return common.shared_model_options(name)
 
 
 def _dataset(name: str) -> str:

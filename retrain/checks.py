@@ -94,6 +94,12 @@ def _check_config(config: RunConfig, hparams: HParams) -> None:
   need(hparams.fine_tune_batch_size > 0,
        f"--fine_tune_batch_size={hparams.fine_tune_batch_size}: must be a "
        "positive number")
+  need(hparams.weight_decay == -1 or hparams.weight_decay >= 0,
+       f"--weight_decay={hparams.weight_decay:g}: must be 0 or more (or -1: "
+       "chosen on the validation images)")
+  need(hparams.label_smoothing == -1 or 0 <= hparams.label_smoothing < 1,
+       f"--label_smoothing={hparams.label_smoothing:g}: must be from 0 to "
+       "below 1 (or -1: chosen on the validation images)")
   need(hparams.class_sampling in train.SAMPLERS,
        f"--class_sampling={hparams.class_sampling}: must be one of "
        f"{', '.join(train.SAMPLERS)}")

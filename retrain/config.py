@@ -25,6 +25,10 @@ class HParams(NamedTuple):
   eval_step_interval: int = 10
   random_seed: int = 0
   class_sampling: str = "balanced"  # Or "proportional"; see train.py.
+  # Regularization of the new layer; -1: chosen on validation cross entropy
+  # (training/regularization.py); 0 and 0: the classic tool's training.
+  weight_decay: float = -1.0
+  label_smoothing: float = 0.0
   # Stage 2, fine-tuning the top of the CNN (finetune.py); off when both
   # fine_tune_layers and fine_tune_from are unset.
   fine_tune_layers: int = 0  # The last N weight layers below the bottleneck.

@@ -115,6 +115,17 @@ flags.DEFINE_enum("class_sampling", _H.class_sampling,
                   "How training batches are drawn: balanced (a class "
                   "uniformly, then one of its images; the classic tool's "
                   "rule) or proportional (images uniformly).")
+flags.DEFINE_float("weight_decay", _H.weight_decay,
+                   "L2 penalty on the new layer's weights (the loss adds "
+                   "weight_decay / 2 * |W|^2 to the mean cross entropy). "
+                   "-1: chosen among 0, 3e-3, 1e-2, 3e-2, 1e-1 by validation "
+                   "cross entropy. 0: the classic tool's training.")
+flags.DEFINE_float("label_smoothing", _H.label_smoothing,
+                   "Train the new layer on labels smoothed to 1 - s on the "
+                   "class and s / classes on each class. -1: chosen among 0 "
+                   "and 0.1 by validation cross entropy (with --weight_decay, "
+                   "in one search).")
+
 # Fine-tuning (stage 2).
 flags.DEFINE_integer("fine_tune_layers", _H.fine_tune_layers,
                      "After training the new layer, also train the last N "
@@ -271,6 +282,7 @@ def to_config(f=FLAGS) -> Tuple[RunConfig, HParams, ModelOptions]:
       test_batch_size=f.test_batch_size,
       eval_step_interval=f.eval_step_interval, random_seed=f.random_seed,
       class_sampling=f.class_sampling,
+      weight_decay=f.weight_decay, label_smoothing=f.label_smoothing,
       fine_tune_layers=f.fine_tune_layers,
       fine_tune_from=f.fine_tune_from or "",
       fine_tune_steps=f.fine_tune_steps,

@@ -33,7 +33,7 @@ from retrain.features.model import FeatureExtractor, load_feature_extractor
 from retrain.features.sets import LabeledBottlenecks
 from retrain.reports import report, report_html
 from retrain.reports.progress import Progress
-from retrain.training import finetune, train
+from retrain.training import finetune, regularization, train
 
 tf1 = tf.compat.v1
 
@@ -107,6 +107,7 @@ class TrainedLayer:
   test: Predictions
   seconds: float
   outputs: List[str]  # Intermediate graphs.
+  regularization: regularization.Choice  # How the layer was regularized.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -263,6 +264,11 @@ def train_layer(inputs: Inputs, data: Bottlenecks, config: RunConfig,
   """
   start = time.monotonic()
   class_count = len(inputs.labels)
+  choice = regularization.choose(data.sets[images.TRAINING],
+                                 data.sets[images.VALIDATION], class_count,
+                                 hparams)
+  logging.info("%s", choice.describe())
+  hparams = regularization.resolved(hparams, choice)
   tg = train.build_training_graph(inputs.fx.bottleneck_size, class_count,
                                   hparams, config.final_tensor_name)
   summaries.open(tg.graph)
@@ -292,7 +298,7 @@ def train_layer(inputs: Inputs, data: Bottlenecks, config: RunConfig,
                        train.predict(tg, session, test_set.take(pick)))
     weights, biases = train.final_layer(tg, session)
   return TrainedLayer(weights, biases, history, test,
-                      time.monotonic() - start, written)
+                      time.monotonic() - start, written, choice)
 
 
 class _EvaluationLog:
@@ -416,6 +422,7 @@ def write_reports(inputs: Inputs, data: Bottlenecks, layer: TrainedLayer,
   folder = fs.dirname(fs.abspath(config.output_graph))
   if tuned is not None:
     evaluation = dict(evaluation, stages=_stages(layer, tuned))
+  evaluation = dict(evaluation, regularization=layer.regularization.to_json())
   written = report.write_reports(folder, evaluation)
   sizes = data.sizes
   facts = {
@@ -429,6 +436,7 @@ def write_reports(inputs: Inputs, data: Bottlenecks, layer: TrainedLayer,
       "training": (f"{hparams.how_many_training_steps} steps, batch "
                    f"{hparams.train_batch_size}, learning rate "
                    f"{hparams.learning_rate:g}, {layer.seconds:.1f} s"),
+      "regularization": layer.regularization.describe().split(": ", 1)[1],
       "image folder": config.image_dir,
   }
   curves = [report_html.curve_from_history("new softmax layer",

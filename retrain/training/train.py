@@ -117,17 +117,20 @@ def build_training_graph(bottleneck_size: int, class_count: int,
              "validation_cross_entropy", "validation_accuracy")
 
     learning_rate = tf.constant(hparams.learning_rate, tf.float32)
+    loss_of = training_loss(class_count, max(hparams.label_smoothing, 0.0),
+                            max(hparams.weight_decay, 0.0))
 
     # The weights travel through the loop as values, never as variables:
     # step i+1 reads what step i computed, by data dependence, so steps are
     # ordered and runs repeat exactly (a variable updated inside the loop may
     # be read by the next iteration before the update lands). Plain SGD:
-    # w <- w - learning_rate * dloss/dw.
+    # w <- w - learning_rate * dloss/dw, the loss being the cross entropy
+    # (with label smoothing and weight decay if set: training_loss).
     def body(i, k, w, b, arrays):
       rows = step_indices[i]
-      _, xent, acc = metrics(tf.gather(data_x, rows), tf.gather(data_y, rows),
-                             w, b)
-      grad_w, grad_b = tf.gradients(xent, [w, b])
+      labels = tf.gather(data_y, rows)
+      logits, xent, acc = metrics(tf.gather(data_x, rows), labels, w, b)
+      grad_w, grad_b = tf.gradients(loss_of(logits, labels, xent, w), [w, b])
       new_w = w - learning_rate * grad_w
       new_b = b - learning_rate * grad_b
 
@@ -164,6 +167,25 @@ def build_training_graph(bottleneck_size: int, class_count: int,
                        train_x, train_y, validation_x, validation_y,
                        load_data, step_indices, evaluate_after,
                        validation_indices, run_steps)
+
+
+def training_loss(class_count: int, label_smoothing: float,
+                  weight_decay: float):
+  """The loss SGD minimises, as loss(logits [B, C], labels [B], their mean
+  cross entropy, weights [D, C]) -> scalar: the cross entropy against
+  labels smoothed to (1 - s) on the class and s / C on every class (Keras'
+  rule), plus weight_decay / 2 * |weights|^2 (biases are not decayed).
+  With both 0 it is the cross entropy itself, as in the classic tool."""
+  def loss(logits, labels, xent, w):
+    if label_smoothing > 0:
+      target = (tf.one_hot(labels, class_count) * (1 - label_smoothing) +
+                label_smoothing / class_count)
+      xent = tf.reduce_mean(tf.nn.softmax_cross_entropy_with_logits(
+          labels=target, logits=logits))
+    if weight_decay > 0:
+      xent += 0.5 * weight_decay * tf.reduce_sum(tf.square(w))
+    return xent
+  return loss
 
 
 def scalar_summary(cross_entropy: float, accuracy: float) -> tf1.Summary:

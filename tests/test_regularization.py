@@ -1,0 +1,157 @@
+"""The new layer's weight decay (and label smoothing), chosen on validation
+cross entropy when the flags leave it at -1 (training/regularization.py)."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from retrain import pipeline
+from retrain.config import HParams, ModelOptions
+from retrain.features.sets import LabeledBottlenecks
+from retrain.training import regularization, train
+from tests import helpers
+
+tf1 = tf.compat.v1
+
+
+def _blobs(n_per_class, d=64, classes=3, noise=1.0, seed=0):
+  """Gaussian classes whose means differ in a few of d dimensions: with few
+  training points, an unregularized layer fits the noise."""
+  means = np.zeros([classes, d], np.float32)
+  means[:, :4] = np.random.default_rng(0).normal(0, 1.0, [classes, 4])
+  rng = np.random.default_rng(seed + 1)
+  y = np.repeat(np.arange(classes), n_per_class)
+  x = (means[y] + rng.normal(0, noise, [len(y), d])).astype(np.float32)
+  return LabeledBottlenecks(x, y.astype(np.int64), [f"{i}.jpg"
+                                                      for i in range(len(y))])
+
+
+def _trained(train_set, validation_set, hparams):
+  """(weights, biases) of train.train with these hparams."""
+  tg = train.build_training_graph(train_set.x.shape[1], 3, hparams)
+  with tf1.Session(graph=tg.graph) as session:
+    train.train(tg, session, train_set, validation_set, 3, hparams)
+    return train.final_layer(tg, session)
+
+
+def _cross_entropy(x, y, w, b):
+  logits = x @ w + b
+  logits -= logits.max(1, keepdims=True)
+  log_p = logits - np.log(np.exp(logits).sum(1, keepdims=True))
+  return float(-log_p[np.arange(len(y)), y].mean())
+
+
+HP = HParams(how_many_training_steps=600, learning_rate=0.05,
+             validation_batch_size=-1)
+
+
+def test_side_by_side_layers_train_as_the_real_training_does():
+  """Each of the search's layers ends where train.train ends with its
+  setting (same batches; only the tiny random initial weights differ)."""
+  train_set, val = _blobs(20), _blobs(100, seed=1)
+  settings = [regularization.Setting(0.0, 0.0),
+              regularization.Setting(0.03, 0.0),
+              regularization.Setting(0.0, 0.1)]
+  xent, accuracy = regularization.train_side_by_side(
+      train_set.x, train_set.y, val.x, val.y, 3, settings, HP)
+  for k, setting in enumerate(settings):
+    w, b = _trained(train_set, val, HP._replace(
+        weight_decay=setting.weight_decay,
+        label_smoothing=setting.label_smoothing))
+    assert abs(_cross_entropy(val.x, val.y, w, b) - xent[k]) < 2e-3, setting
+    assert abs(np.mean(np.argmax(val.x @ w + b, 1) == val.y) -
+               accuracy[k]) <= 0.02
+  assert xent[1] < xent[0]  # Decay helps on these few, noisy points.
+
+
+def test_the_search_picks_the_lowest_validation_cross_entropy():
+  train_set, val = _blobs(20), _blobs(100, seed=1)
+  choice = regularization.choose(train_set, val, 3, HP)
+  assert choice.why == "searched"
+  assert [s.weight_decay for s in choice.tried] == list(
+      regularization.WEIGHT_DECAYS)
+  best = int(np.argmin(choice.validation_cross_entropy))
+  assert choice.chosen == choice.tried[best]
+  assert choice.chosen.weight_decay > 0
+  # The layer trained with the choice beats the classic one on held-out
+  # points of the same classes.
+  test = _blobs(300, seed=2)
+  chosen = _trained(train_set, val, regularization.resolved(HP, choice))
+  classic = _trained(train_set, val, HP._replace(weight_decay=0.0))
+  assert (_cross_entropy(test.x, test.y, *chosen) <
+          _cross_entropy(test.x, test.y, *classic))
+  assert np.linalg.norm(chosen[0]) < np.linalg.norm(classic[0])
+  text = choice.describe()
+  assert "chosen of 5 settings by validation cross entropy" in text
+  assert f"weight decay {choice.chosen.weight_decay:g}" in text
+
+
+def test_flags_that_set_it_skip_the_search_and_too_few_images_fall_back():
+  train_set, val = _blobs(20), _blobs(100, seed=1)
+  fixed = regularization.choose(train_set, val, 3, HP._replace(
+      weight_decay=0.0))
+  assert fixed.why == "set by flags" and fixed.tried == ()
+  assert fixed.chosen == regularization.Setting(0.0, 0.0)
+  both = regularization.choose(train_set, val, 3, HP._replace(
+      label_smoothing=-1))
+  assert len(both.tried) == len(regularization.WEIGHT_DECAYS) * 2
+  few = regularization.choose(train_set, _blobs(5, seed=1), 3, HP)
+  assert few.why.startswith("fewer than 20 validation images")
+  assert few.chosen == regularization.Setting(*regularization.FALLBACK)
+
+
+def test_the_classic_training_is_plain_cross_entropy_sgd():
+  """--weight_decay=0: the loss SGD follows is the cross entropy alone (the
+  classic tool's): one step from zero weights equals a numpy step."""
+  train_set = _blobs(4)
+  hparams = HParams(how_many_training_steps=1, learning_rate=0.5,
+                    train_batch_size=len(train_set), weight_decay=0.0,
+                    class_sampling="proportional", random_seed=3)
+  tg = train.build_training_graph(train_set.x.shape[1], 3, hparams)
+  rows = np.random.default_rng(3).integers(len(train_set),
+                                           size=len(train_set))
+  # A seeded initializer gives the same weights on a session's first run.
+  with tf1.Session(graph=tg.graph) as session:
+    session.run(tg.init)
+    w0, b0 = train.final_layer(tg, session)
+  with tf1.Session(graph=tg.graph) as session:
+    train.train(tg, session, train_set, train_set, 3, hparams)
+    w1, b1 = train.final_layer(tg, session)
+  x, y = train_set.x[rows], train_set.y[rows]
+  logits = x @ w0 + b0
+  p = np.exp(logits - logits.max(1, keepdims=True))
+  p /= p.sum(1, keepdims=True)
+  p[np.arange(len(y)), y] -= 1
+  np.testing.assert_allclose(w1, w0 - 0.5 * x.T @ p / len(y), atol=1e-5)
+  np.testing.assert_allclose(b1, b0 - 0.5 * p.mean(0), atol=1e-5)
+
+
+def test_a_run_logs_and_reports_the_choice(small_models, color_images,
+                                           tmp_path):
+  config = helpers.run_config(tmp_path, color_images, saved_model_dir="",
+                              tflite_output="", summaries_dir="")
+  pipeline.run(config, HParams(how_many_training_steps=50),
+               ModelOptions(graph=small_models["inception"], tfhub_module=""))
+  folder = os.path.dirname(config.output_graph)
+  with open(os.path.join(folder, "report.json")) as f:
+    found = json.load(f)["regularization"]
+  # 72 photos: too few validate to choose on.
+  assert found["why"] == "fewer than 20 validation images to choose it on"
+  assert found["chosen"] == dict(zip(("weight_decay", "label_smoothing"),
+                                     regularization.FALLBACK))
+  with open(os.path.join(folder, "report.html")) as f:
+    assert "weight decay 0.01, label smoothing 0 (fewer than 20" in f.read()
+
+
+@pytest.mark.parametrize("flag,words", [
+    ("--weight_decay=-0.5", "--weight_decay=-0.5: must be 0 or more"),
+    ("--label_smoothing=1", "--label_smoothing=1: must be from 0 to below 1"),
+])
+def test_bad_values_are_one_line_errors(tmp_path, flag, words):
+  proc = helpers.run_cli([f"--image_dir={tmp_path}", flag])
+  assert proc.returncode == 2, proc.stderr
+  lines = proc.stderr.strip().splitlines()
+  assert len(lines) == 1 and words in lines[0], proc.stderr

@@ -1,7 +1,8 @@
 """Beam extraction against the in-process extractor, side by side.
 
   python benchmarks/beam.py [--image_dir=DIR] [--graph=PB] [--repeats=1]
-                            [--max_images=N] [--copies=K]
+                            [--max_images=N] [--copies=K] [--nodask]
+                            [--noone_worker]
 
 On the same images and model (default: the 2 000 photos of
 ../shared/datasets/cats_dogs_small and MobileNet v1 0.25/128), each way
@@ -45,6 +46,8 @@ flags.DEFINE_bool("dask", True, "Also run Beam's DaskRunner: on a local "
                   "cluster that retrain starts (start-up counted), and on "
                   "one the benchmark started before (warm workers, as a "
                   "standing cluster's). Needs pip install '.[dask]'.")
+flags.DEFINE_bool("one_worker", True, "Also run DirectRunner with 1 worker "
+                  "process.")
 flags.DEFINE_list("model_flags", [], "More retrain flags for the model, e.g. "
                   "--input_tensor=input:0,--bottleneck_tensor=...")
 FLAGS = flags.FLAGS
@@ -141,7 +144,7 @@ def main(_):
   images = sum(len([f for f in files if not f.startswith(".")])
                for root, _, files in os.walk(image_dir) if root != image_dir)
   rows, vectors, rates = [], {}, {}
-  ways = list(WAYS)
+  ways = [w for w in WAYS if FLAGS.one_worker or "1 worker" not in w[0]]
   cluster = None
   if FLAGS.dask:
     cluster = _dask_cluster()

@@ -134,8 +134,8 @@ def run(config: RunConfig, hparams: HParams = HParams(),
     layer = train_layer(inputs, data, config, hparams, template, summaries)
     tuned = fine_tune_top(inputs, layer, config, hparams, summaries)
     final = final_model(inputs, layer, tuned, template, config)
-    evaluation = evaluate(inputs.labels, final.test, config, summaries,
-                          hparams.how_many_training_steps)
+    evaluation = evaluate(inputs.labels, final.test, layer, config,
+                          summaries, hparams.how_many_training_steps)
   # The model first: a run that stops (a full disk) leaves no reports
   # without the model they describe.
   outputs = layer.outputs + export_model(inputs, data, final, evaluation,
@@ -382,10 +382,12 @@ def final_model(inputs: Inputs, layer: TrainedLayer,
                                          tuned.fx, config.final_tensor_name))
 
 
-def evaluate(labels: Sequence[str], test: Predictions, config: RunConfig,
-             summaries: Summaries, step: int) -> Optional[Dict[str, object]]:
-  """The test set's classification report (None without test images),
-  logged, and its confusion matrix in TensorBoard."""
+def evaluate(labels: Sequence[str], test: Predictions, layer: TrainedLayer,
+             config: RunConfig, summaries: Summaries, step: int
+             ) -> Optional[Dict[str, object]]:
+  """The test set's classification report (None without test images) with
+  how the new layer was regularized, logged, and its confusion matrix in
+  TensorBoard."""
   if not len(test.truth):
     logging.warning("No test images: the test accuracy is not measured "
                     "(raise --testing_percentage)")
@@ -393,6 +395,7 @@ def evaluate(labels: Sequence[str], test: Predictions, config: RunConfig,
   evaluation = report.classification_report(
       test.truth, test.probabilities.argmax(1), labels, test.paths,
       test.probabilities)
+  evaluation["regularization"] = layer.regularization.to_json()
   logging.info("Final test accuracy = %.1f%% (N=%d)",
                evaluation["accuracy"] * 100, len(test.truth))
   text = report.format_report(evaluation)
@@ -422,7 +425,6 @@ def write_reports(inputs: Inputs, data: Bottlenecks, layer: TrainedLayer,
   folder = fs.dirname(fs.abspath(config.output_graph))
   if tuned is not None:
     evaluation = dict(evaluation, stages=_stages(layer, tuned))
-  evaluation = dict(evaluation, regularization=layer.regularization.to_json())
   written = report.write_reports(folder, evaluation)
   sizes = data.sizes
   facts = {

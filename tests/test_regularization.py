@@ -89,6 +89,16 @@ def test_the_search_picks_the_lowest_validation_cross_entropy():
   assert f"weight decay {choice.chosen.weight_decay:g}" in text
 
 
+def test_a_long_run_searches_at_most_max_search_steps():
+  """--how_many_training_steps=10000000 (a run meant to be stopped by hand)
+  does not search for 10 million steps first."""
+  train_set, val = _blobs(20), _blobs(100, seed=1)
+  choice = regularization.choose(train_set, val, 3, HP._replace(
+      how_many_training_steps=10_000_000))
+  assert choice.steps == regularization.MAX_SEARCH_STEPS == 4000
+  assert regularization.choose(train_set, val, 3, HP).steps == 600
+
+
 def test_flags_that_set_it_skip_the_search_and_too_few_images_fall_back():
   train_set, val = _blobs(20), _blobs(100, seed=1)
   fixed = regularization.choose(train_set, val, 3, HP._replace(

@@ -92,14 +92,14 @@ def _beam_compute(store: cache.BottleneckCache,
 def _recover(store: cache.BottleneckCache, refs: Sequence[cache.ImageRef],
              indices: Sequence[int], work: _Work, config: RunConfig):
   """Yields (index, vector, error) for the images a Beam pipeline gave no
-  answer for: the vector of a valid sidecar one of its attempts wrote (a
-  retried bundle finds its images cached and says nothing of them), else
+  answer for (no shard's pack names them: a runner that lost or dropped
+  work): the vector of a valid sidecar one of its attempts wrote, else
   computed here, as without Beam. Nothing is lost: a bad image is reported
   as in process; any other failure raises."""
   if not indices:
     return
-  logging.warning("Beam: %d images came back without a vector (a retried "
-                  "or dropped bundle); taking them from their cache files "
+  logging.warning("Beam: %d images came back without an answer (the runner "
+                  "lost or dropped work); taking them from their cache files "
                   "or computing them here", len(indices))
   again = []
   fingerprints = {}

@@ -2,11 +2,11 @@
 
 Where --weight_decay (by default) or --label_smoothing is -1, a small grid of
 settings is tried: one softmax layer per setting, all trained side by side in
-one graph on the same sampled batches, with the run's own steps, batch size
-and learning rate (K layers cost little more than one: a step's time is
-mostly the loop, not the [B, D] x [D, C] products). The setting whose layer
-has the lowest cross entropy on the whole validation set wins; ties go to
-the weaker regularization. The real training then runs with it (train.py).
+one [D, K * C] matrix on the same sampled batches, with the run's own steps
+(up to MAX_SEARCH_STEPS), batch size and learning rate: about the cost of one
+more training. The setting whose layer has the lowest cross entropy on the
+whole validation set wins; ties go to the weaker regularization. The real
+training then runs with it (train.py).
 """
 
 import dataclasses
@@ -30,8 +30,10 @@ WEIGHT_DECAYS = (0.0, 3e-3, 1e-2, 3e-2, 1e-1)
 LABEL_SMOOTHINGS = (0.0, 0.1)
 
 # The search trains on at most this many training rows (a random subset of
-# larger sets, read from the memory-mapped index).
+# larger sets, read from the memory-mapped index), for at most this many
+# steps (a longer run's layers keep the setting chosen at this length).
 MAX_SEARCH_ROWS = 100_000
+MAX_SEARCH_STEPS = 4000
 
 # Fewer validation images than this: no search (its choice would be noise);
 # the defaults below are used.
@@ -53,6 +55,7 @@ class Choice:
   validation_accuracy: Tuple[float, ...] = ()
   why: str = "searched"  # Or "set by flags", "too few validation images".
   seconds: float = 0.0
+  steps: int = 0  # Steps each candidate was trained for.
 
   def describe(self) -> str:
     """One log line."""
@@ -73,7 +76,7 @@ class Choice:
             "training)")
 
   def to_json(self) -> dict:
-    return dict(chosen=self.chosen._asdict(), why=self.why,
+    return dict(chosen=self.chosen._asdict(), why=self.why, steps=self.steps,
                 tried=[dict(s._asdict(), validation_cross_entropy=x,
                             validation_accuracy=a)
                        for s, x, a in zip(self.tried,
@@ -107,9 +110,10 @@ def choose(train_set: LabeledBottlenecks, validation_set: LabeledBottlenecks,
   start = time.monotonic()
   rng = np.random.default_rng(hparams.random_seed)
   x, y = _rows(train_set, MAX_SEARCH_ROWS, rng)
+  steps = min(hparams.how_many_training_steps, MAX_SEARCH_STEPS)
   xent, accuracy = train_side_by_side(
       x, y, *_rows(validation_set, MAX_SEARCH_ROWS, rng), class_count,
-      settings, hparams)
+      settings, hparams, steps)
   # Lowest cross entropy; among equal ones (to 1e-4), the first: the grid
   # lists weaker settings first.
   best = min(range(len(settings)),
@@ -117,7 +121,7 @@ def choose(train_set: LabeledBottlenecks, validation_set: LabeledBottlenecks,
   return Choice(settings[best], tuple(settings),
                 tuple(float(v) for v in xent),
                 tuple(float(v) for v in accuracy),
-                seconds=time.monotonic() - start)
+                seconds=time.monotonic() - start, steps=steps)
 
 
 def resolved(hparams: HParams, choice: Choice) -> HParams:
@@ -141,9 +145,10 @@ def train_side_by_side(x: np.ndarray, y: np.ndarray, vx: np.ndarray,
                        steps: Optional[int] = None
                        ) -> Tuple[np.ndarray, np.ndarray]:
   """Trains one softmax layer per setting on the same batches (the run's
-  sampler, steps, batch size and learning rate); returns each layer's
+  sampler, steps up to MAX_SEARCH_STEPS, batch size and learning rate);
+  returns each layer's
   validation (cross entropy [K], accuracy [K]) on vx [m, D], vy [m]."""
-  steps = steps or hparams.how_many_training_steps
+  steps = steps or min(hparams.how_many_training_steps, MAX_SEARCH_STEPS)
   rng = np.random.default_rng(hparams.random_seed)
   sampler = train.SAMPLERS[hparams.class_sampling](y, class_count, rng)
   rows = np.stack([sampler.sample(hparams.train_batch_size)

@@ -165,9 +165,10 @@ def test_bad_images_are_skipped_and_reported_as_in_process(shared, tmp_path):
   options = _mobilenet(shared)
   plain = pipeline.cache_bottlenecks(
       helpers.run_config(tmp_path / "plain", root), HParams(), options)
+  # In memory: worker processes run the same DoFn (dev_caches, and Dask's
+  # in tests/test_dask.py on a messy folder too).
   beamed_config = helpers.run_config(tmp_path / "beam", root,
-                                     beam_runner="DirectRunner",
-                                     beam_options=MULTI)
+                                     beam_runner="DirectRunner")
   beamed = pipeline.cache_bottlenecks(beamed_config, HParams(), options)
   assert beamed.filled.failures == plain.filled.failures
   assert {os.path.relpath(p, root) for p, _ in beamed.filled.failures} == (

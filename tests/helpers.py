@@ -126,3 +126,24 @@ def require(module):
     return importlib.import_module(module)
   return pytest.importorskip(module, reason=f"{module} is not installed "
                              "(pip install '.[test]')")
+
+
+def shared_mobilenet(shared):
+  """ModelOptions of ../shared's small MobileNet v1 0.25/128 frozen graph."""
+  from retrain.config import ModelOptions  # pylint: disable=g-import-not-at-top
+  return ModelOptions(graph=os.path.join(
+      shared, "models", "mobilenet_v1_025_128", "frozen_graph.pb"),
+                      tfhub_module="")
+
+
+def cached_vectors(root):
+  """{sidecar path below root: vector} of every cache file, each verified
+  whole."""
+  import cache  # pylint: disable=g-import-not-at-top
+  out = {}
+  for rel in files_under(root):
+    if rel.endswith(cache.naming.SUFFIX):
+      with open(os.path.join(root, rel), "rb") as f:
+        cache.verify(f.read())
+      out[rel] = cache.read_vector(os.path.join(root, rel))
+  return out

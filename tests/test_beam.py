@@ -27,22 +27,8 @@ beam = helpers.require("apache_beam")
 MULTI = "--direct_running_mode=multi_processing --direct_num_workers=2"
 
 
-def _mobilenet(shared):
-  return ModelOptions(graph=os.path.join(
-      shared, "models", "mobilenet_v1_025_128", "frozen_graph.pb"),
-                      tfhub_module="")
-
-
-def _vectors(root):
-  """{sidecar path below root: vector} of every cache file."""
-  out = {}
-  for rel in helpers.files_under(root):
-    if rel.endswith(cache.naming.SUFFIX):
-      with open(os.path.join(root, rel), "rb") as f:
-        data = f.read()
-      cache.verify(data)
-      out[rel] = cache.read_vector(os.path.join(root, rel))
-  return out
+_mobilenet = helpers.shared_mobilenet
+_vectors = helpers.cached_vectors
 
 
 # Same images, same model: equal up to float32 rounding. oneDNN picks its

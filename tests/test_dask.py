@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from retrain import pipeline
-from retrain.config import HParams, ModelOptions
+from retrain.config import HParams
 from tests import helpers, messy
 
 beam = helpers.require("apache_beam")
@@ -26,22 +26,8 @@ BATCH = 32
 SAME = 2e-5  # Batches of other shapes (a retried shard): see test_beam.
 
 
-def _mobilenet(shared):
-  return ModelOptions(graph=os.path.join(
-      shared, "models", "mobilenet_v1_025_128", "frozen_graph.pb"),
-                      tfhub_module="")
-
-
-def _sidecars(root):
-  """{sidecar path below root: vector}, every file verified whole."""
-  import cache  # pylint: disable=g-import-not-at-top
-  out = {}
-  for rel in helpers.files_under(root):
-    if rel.endswith(cache.naming.SUFFIX):
-      with open(os.path.join(root, rel), "rb") as f:
-        cache.verify(f.read())
-      out[rel] = cache.read_vector(os.path.join(root, rel))
-  return out
+_mobilenet = helpers.shared_mobilenet
+_sidecars = helpers.cached_vectors
 
 
 @pytest.fixture(scope="module")

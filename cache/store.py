@@ -87,6 +87,33 @@ class BottleneckCache:
     self.fs.write_atomic(self.path_for(ref),
                          fmt.encode(vector, self.tag, fingerprint))
 
+  def lookup(self, refs: Sequence[ImageRef], dim: int
+             ) -> Tuple[np.ndarray, np.ndarray]:
+    """(float32 [n, dim] vectors, bool [n] found) of the cached ones of
+    `refs`, from the packed index or their sidecars; reads only: nothing
+    is computed or written (an image changed since it was cached, or
+    missing, is not found)."""
+    n = len(refs)
+    vectors = np.zeros((n, dim), np.float32)
+    found = np.zeros(n, bool)
+    old = index_mod.PackedIndex.open(self.root, self.tag, dim)
+    damaged = old.damaged_rows() if old is not None else None
+    remote = bool(refs) and not fs_mod.for_path(refs[0].path).local
+    for i, (fingerprint, error) in enumerate(fs_mod.map_paths(
+        _fingerprint, refs, remote)):
+      if error is not None:
+        continue
+      row = old.row(index_key(refs[i]), fingerprint) if old else None
+      if row is not None and not damaged[row]:
+        vectors[i] = old.vectors[row]
+        found[i] = True
+        continue
+      vector = self.load(refs[i], fingerprint)
+      if vector is not None and len(vector) == dim:
+        vectors[i] = vector
+        found[i] = True
+    return vectors, found
+
   def fill(self, refs: Sequence[ImageRef], compute: ComputeFn, dim: int,
            progress: Optional[Callable[[int, int], None]] = None,
            compute_stores: bool = False) -> FillResult:

@@ -43,6 +43,12 @@ def _check_config(config: RunConfig, hparams: HParams) -> None:
     need(value > 0, f"--{flag}={value}: must be a positive number")
   need(hparams.learning_rate > 0,
        f"--learning_rate={hparams.learning_rate}: must be positive")
+  need(config.dedupe in ("none", "group"),
+       f"--dedupe={config.dedupe}: must be none or group")
+  if config.exclude_from_training:
+    need(fs.isfile(config.exclude_from_training),
+         f"--exclude_from_training={config.exclude_from_training}: no such "
+         "file; pass the audit.json a run wrote beside its report.json")
   for flag in ("validation_batch_size", "test_batch_size"):
     value = getattr(hparams, flag)
     need(value > 0 or value == -1,

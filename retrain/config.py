@@ -127,6 +127,11 @@ class RunConfig(NamedTuple):
   random_scale: int = 0
   random_brightness: int = 0
   augmentation_copies: int = 0  # 0: 5 when a distortion is set, else none.
+  # The audit of the images (retrain/audit/): duplicates, leaks, likely
+  # label errors, outliers; audit.json beside report.json.
+  audit: bool = True
+  dedupe: str = "none"  # Or "group": a duplicate group stays in one set.
+  exclude_from_training: str = ""  # An audit.json: its findings not trained.
 
   def distortions(self) -> Distortions:
     return Distortions(self.flip_left_right, self.random_crop,

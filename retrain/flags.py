@@ -164,6 +164,23 @@ flags.DEFINE_integer("augmentation_copies", _R.augmentation_copies,
                      "Distorted copies of each training image, each with "
                      "its own cached bottleneck (0: 5 when a distortion flag "
                      "is set, else none).")
+flags.DEFINE_bool("audit", _R.audit,
+                  "Audit the images from their cached bottlenecks: exact and "
+                  "near duplicates (and the leaks between training and test "
+                  "they make), likely label errors, outliers. One log line, "
+                  "audit.json beside report.json, a section in report.html; "
+                  "it changes nothing unless --dedupe or "
+                  "--exclude_from_training says so.")
+flags.DEFINE_enum("dedupe", _R.dedupe, ["none", "group"],
+                  "group: every duplicate group the audit finds is put in "
+                  "the set of its member whose path sorts first, so no "
+                  "group spans training and test (changes the split of "
+                  "those images only; nothing on disk moves).")
+flags.DEFINE_string("exclude_from_training", _R.exclude_from_training,
+                    "An audit.json a run wrote: leave out of training the "
+                    "images it lists as likely label errors or outliers and "
+                    "the members of duplicate groups that span classes "
+                    "(they stay in validation and test).")
 flags.DEFINE_bool("print_misclassified_test_images",
                   _R.print_misclassified_test_images,
                   "Print every misclassified test image.")
@@ -312,5 +329,6 @@ def to_config(f=FLAGS) -> Tuple[RunConfig, HParams, ModelOptions]:
       max_in_memory_mb=f.max_in_memory_mb,
       flip_left_right=f.flip_left_right, random_crop=f.random_crop,
       random_scale=f.random_scale, random_brightness=f.random_brightness,
-      augmentation_copies=f.augmentation_copies)
+      augmentation_copies=f.augmentation_copies, audit=f.audit,
+      dedupe=f.dedupe, exclude_from_training=f.exclude_from_training)
   return config, hparams, model

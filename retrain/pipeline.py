@@ -20,6 +20,9 @@ from absl import logging
 
 import cache
 from cache import fs
+from retrain.audit import act as audit_act
+from retrain.audit import findings as audit_findings
+from retrain.audit import memo as audit_memo
 from retrain.checks import check_config
 from retrain.config import HParams, ModelOptions, RunConfig
 from retrain.data import images
@@ -127,6 +130,8 @@ def run(config: RunConfig, hparams: HParams = HParams(),
   check_config(config, hparams)
   inputs = load_inputs(config, model_options, hparams)
   data = compute_bottlenecks(inputs, config, hparams.random_seed)
+  audit = audit_images(inputs, data, config, hparams)
+  data, audit = act_on_audit(data, audit, config)
   template = _in_background(export.cached_inference_graph_template,
                             inputs.fx, config.final_tensor_name,
                             config.bottleneck_dir)
@@ -135,13 +140,13 @@ def run(config: RunConfig, hparams: HParams = HParams(),
     tuned = fine_tune_top(inputs, layer, config, hparams, summaries)
     final = final_model(inputs, layer, tuned, template, config)
     evaluation = evaluate(inputs.labels, final.test, layer, config,
-                          summaries, hparams.how_many_training_steps)
+                          summaries, hparams.how_many_training_steps, audit)
   # The model first: a run that stops (a full disk) leaves no reports
   # without the model they describe.
   outputs = layer.outputs + export_model(inputs, data, final, evaluation,
                                          config, hparams)
   outputs += write_reports(inputs, data, layer, tuned, evaluation, config,
-                           hparams)
+                           hparams, audit)
   for path in outputs:
     logging.info("Wrote %s", path)
   return RunResult(
@@ -167,6 +172,40 @@ def cache_bottlenecks(config: RunConfig, hparams: HParams = HParams(),
   logging.info("Cached in %s; a run without --only_bottlenecks trains from "
                "it", config.bottleneck_dir)
   return data
+
+
+def audit_cache(config: RunConfig, hparams: HParams = HParams(),
+                model_options: ModelOptions = ModelOptions(),
+                output_dir: str = "") -> audit_findings.Audit:
+  """The audit alone, on the bottlenecks already cached for
+  config.image_dir (`python -m retrain.audit`): computes and changes
+  nothing, writes audit.json and audit.html into output_dir (default: the
+  folder of --output_graph, where a run writes its reports)."""
+  check_config(config, hparams)
+  inputs = load_inputs(config, model_options, hparams)
+  sets, missing = bottlenecks.cached_bottlenecks(
+      inputs.image_lists, inputs.fx, config.bottleneck_dir)
+  vectors, set_names = audit_findings.originals(sets,
+                                                bottlenecks.AUGMENTED_MARK)
+  if not len(vectors):
+    raise UserError(f"--bottleneck_dir={config.bottleneck_dir}: no cached "
+                    f"bottleneck of the images in {config.image_dir} for "
+                    "this model; run python -m retrain (or with "
+                    "--only_bottlenecks) with the same model flags first")
+  if missing:
+    logging.warning("%d of the images have no cached bottleneck for this "
+                    "model and are not audited (first: %s); python -m "
+                    "retrain --only_bottlenecks computes them", len(missing),
+                    missing[0])
+  audit = audit_memo.audited(vectors, set_names, inputs.labels, hparams,
+                             config.bottleneck_dir, keep=False)
+  logging.info("%s", audit.summary())
+  folder = output_dir or fs.dirname(fs.abspath(config.output_graph))
+  fs.makedirs(folder)
+  for path in (audit.write(folder),
+               report_html.write_audit_html(folder, audit.to_json())):
+    logging.info("Wrote %s", path)
+  return audit
 
 
 # ------------------------------------------------------------------ stages --
@@ -218,6 +257,43 @@ def compute_bottlenecks(inputs: Inputs, config: RunConfig,
       logging.warning("class %r has no usable training image; it will never "
                       "be predicted", label)
   return data
+
+
+def audit_images(inputs: Inputs, data: Bottlenecks, config: RunConfig,
+                 hparams: HParams) -> Optional[audit_findings.Audit]:
+  """The audit of every original image from its cached bottleneck
+  (retrain/audit/), logged; None with --noaudit (unless --dedupe needs
+  it)."""
+  if not (config.audit or config.dedupe != "none"):
+    return None
+  vectors, set_names = audit_findings.originals(data.sets,
+                                                bottlenecks.AUGMENTED_MARK)
+  audit = audit_memo.audited(vectors, set_names, inputs.labels, hparams,
+                             config.bottleneck_dir)
+  logging.info("%s", audit.summary())
+  return audit
+
+
+def act_on_audit(data: Bottlenecks, audit: Optional[audit_findings.Audit],
+                 config: RunConfig
+                 ) -> Tuple[Bottlenecks, Optional[audit_findings.Audit]]:
+  """The sets after --dedupe and --exclude_from_training (never by
+  default; nothing on disk changes), and the audit of the sets as they
+  are then (after --dedupe, no group spans two sets)."""
+  sets = data.sets
+  mark = bottlenecks.AUGMENTED_MARK
+  if config.dedupe == "group" and audit is not None:
+    sets, moved, audit = audit_act.dedupe(sets, audit, mark)
+    logging.info("--dedupe=group: %d images moved so that no duplicate "
+                 "group spans two sets", moved)
+  if config.exclude_from_training:
+    sets, left_out = audit_act.exclude(
+        sets, audit_act.excluded_paths(config.exclude_from_training), mark)
+    logging.info("--exclude_from_training: %d training images left out "
+                 "(listed in %s)", left_out, config.exclude_from_training)
+  if sets is not data.sets:
+    data = dataclasses.replace(data, sets=sets)
+  return data, audit
 
 
 class Summaries:
@@ -383,10 +459,12 @@ def final_model(inputs: Inputs, layer: TrainedLayer,
 
 
 def evaluate(labels: Sequence[str], test: Predictions, layer: TrainedLayer,
-             config: RunConfig, summaries: Summaries, step: int
+             config: RunConfig, summaries: Summaries, step: int,
+             audit: Optional[audit_findings.Audit] = None
              ) -> Optional[Dict[str, object]]:
   """The test set's classification report (None without test images) with
-  how the new layer was regularized, logged, and its confusion matrix in
+  how the new layer was regularized and, after an audit, the accuracy on
+  the test images that leak nothing; logged, and its confusion matrix in
   TensorBoard."""
   if not len(test.truth):
     logging.warning("No test images: the test accuracy is not measured "
@@ -398,6 +476,17 @@ def evaluate(labels: Sequence[str], test: Predictions, layer: TrainedLayer,
   evaluation["regularization"] = layer.regularization.to_json()
   logging.info("Final test accuracy = %.1f%% (N=%d)",
                evaluation["accuracy"] * 100, len(test.truth))
+  if audit is not None:
+    audit = audit.with_test_accuracy(test.paths, test.truth,
+                                     test.probabilities.argmax(1))
+    evaluation["test_accuracy_leak_free"] = audit.test_accuracy_leak_free
+    evaluation["test_images_leak_free"] = audit.test_images_leak_free
+    evaluation["audit"] = audit.counts()
+    if audit.leaked_test_images and audit.test_accuracy_leak_free is not None:
+      logging.info("Test accuracy without the %d leaked images = %.1f%% "
+                   "(N=%d)", audit.counts()["leaked_test_images"],
+                   audit.test_accuracy_leak_free * 100,
+                   audit.test_images_leak_free)
   text = report.format_report(evaluation)
   per_class = text.split("\nConfusion")[0].split("\n", 2)[2]
   logging.info("Per class:\n%s", per_class.rstrip())
@@ -416,13 +505,23 @@ def evaluate(labels: Sequence[str], test: Predictions, layer: TrainedLayer,
 def write_reports(inputs: Inputs, data: Bottlenecks, layer: TrainedLayer,
                   tuned: Optional[finetune.Stage],
                   evaluation: Optional[Dict[str, object]], config: RunConfig,
-                  hparams: HParams) -> List[str]:
-  """report.json, report.txt, report.html (and the confusion matrix plot)
-  beside --output_graph; nothing without test images. With fine-tuning,
-  both stages' validation and test accuracy, steps and time."""
-  if evaluation is None:
-    return []
+                  hparams: HParams,
+                  audit: Optional[audit_findings.Audit] = None) -> List[str]:
+  """audit.json, report.json, report.txt, report.html (and the confusion
+  matrix plot) beside --output_graph; no report without test images. With
+  fine-tuning, both stages' validation and test accuracy, steps and
+  time."""
   folder = fs.dirname(fs.abspath(config.output_graph))
+  audited: List[str] = []
+  if audit is not None and config.audit:
+    if evaluation is not None:
+      audit = dataclasses.replace(
+          audit,
+          test_accuracy_leak_free=evaluation["test_accuracy_leak_free"],
+          test_images_leak_free=evaluation["test_images_leak_free"])
+    audited.append(audit.write(folder))
+  if evaluation is None:
+    return audited
   if tuned is not None:
     evaluation = dict(evaluation, stages=_stages(layer, tuned))
   written = report.write_reports(folder, evaluation)
@@ -453,8 +552,10 @@ def write_reports(inputs: Inputs, data: Bottlenecks, layer: TrainedLayer,
         f"{'fine-tuned' if result.improved else 'stage 1 (never beaten)'}")
     curves.append(report_html.curve_from_history("fine-tuning",
                                                  result.history))
-  written.append(report_html.write_html(folder, evaluation, curves, facts))
-  return written
+  written.append(report_html.write_html(
+      folder, evaluation, curves, facts,
+      audit.to_json() if audit is not None and config.audit else None))
+  return audited + written
 
 
 def export_model(inputs: Inputs, data: Bottlenecks, final: FinalModel,

@@ -10,6 +10,7 @@ from PIL import Image
 
 import cache
 from retrain import pipeline
+from retrain.audit import memo
 from retrain.config import HParams, ModelOptions
 from retrain.data import imageinfo, preprocess
 from retrain.errors import UserError
@@ -217,7 +218,8 @@ def test_odd_class_folder_names_stay_inside_the_cache(small_models,
   assert result.labels == ["a b", "dots", "rf", "spaced", "ünï"]
   bn = os.path.realpath(config.bottleneck_dir)
   sidecars = [rel for rel in helpers.files_under(bn)
-              if os.sep in rel and not rel.startswith(model.MODULE_CACHE)]
+              if os.sep in rel and not rel.startswith(
+                  (model.MODULE_CACHE, memo.FOLDER + os.sep))]
   for rel in sidecars:
     path = os.path.realpath(os.path.join(bn, rel))
     assert path.startswith(bn + os.sep)
@@ -225,5 +227,6 @@ def test_odd_class_folder_names_stay_inside_the_cache(small_models,
                                     "ünï"]
   assert len(sidecars) == 15
   others = set(helpers.files_under(bn)) - set(sidecars)
-  assert {f for f in others if not f.startswith(model.MODULE_CACHE)} == {
-      result.model["tag"] + ".index"}
+  assert {f for f in others if not f.startswith(
+      (model.MODULE_CACHE, memo.FOLDER + os.sep))} == {
+          result.model["tag"] + ".index"}

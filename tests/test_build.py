@@ -158,14 +158,16 @@ def test_data_flows_one_way():
     if name.startswith("cache"):
       assert not [d for d in deps if d.startswith("retrain")], name
     if "retrain.pipeline" in deps:
-      assert name in ("retrain.__main__",), name
+      assert name in ("retrain.__main__", "retrain.audit.__main__"), name
   for path in glob.glob(os.path.join(REPO, "cache", "*.py")):
     with open(path, encoding="utf-8") as f:
       assert "tensorflow" not in f.read(), path
   tf_free = {"retrain.label_image", "retrain.cli", "retrain.tfimport",
              "retrain.deploy.metadata", "retrain.deploy.classifiers",
              "retrain.data.pil_preprocess", "retrain.data.images",
-             "retrain.data.imageinfo", "retrain.errors", "retrain.config"}
+             "retrain.data.imageinfo", "retrain.errors", "retrain.config",
+             "retrain.audit.neighbours", "retrain.audit.duplicates",
+             "retrain.audit.outliers"}
   for name in tf_free:
     with open(os.path.join(REPO, *name.split(".")) + ".py",
               encoding="utf-8") as f:
@@ -195,15 +197,21 @@ LAYERS = (
     ("features", ("retrain.features",)),
     ("training", ("retrain.training",)),
     ("deploy", ("retrain.deploy",)),
+    ("audit", ("retrain.audit",)),
     ("retrain_lib", ("retrain.cli", "retrain.flags", "retrain.checks",
                      "retrain.pipeline")),
-    ("entry points", ("retrain.__main__", "retrain.label_image")),
+    ("entry points", ("retrain.__main__", "retrain.label_image",
+                      "retrain.audit.__main__")),
 )
 RANKS = {"cache": 0, "foundation": 1, "data": 2, "reports": 2, "features": 3,
-         "training": 4, "deploy": 5, "retrain_lib": 6, "entry points": 7}
+         "training": 4, "deploy": 5, "audit": 5,
+         "retrain_lib": 6, "entry points": 7}
 
 
 def _layer(module):
+  for layer, prefixes in LAYERS:  # An entry point inside a package.
+    if layer == "entry points" and module in prefixes:
+      return layer
   for layer, prefixes in LAYERS:
     for prefix in prefixes:
       if module == prefix or (prefix not in ("retrain",) and

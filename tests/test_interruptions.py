@@ -218,7 +218,7 @@ def test_nothing_is_written_outside_the_named_paths(many_images,
   assert top == {"keep.txt", "bn", "graph.pb", "graph.json",
                  "graph.skipped.txt", "labels.txt", "summaries", "ckpt",
                  "saved_model", "inter", "report.json", "report.txt",
-                 "report.html",
+                 "report.html", "audit.json",
                  "confusion_matrix.png"} - (
                      set() if _has_matplotlib() else {"confusion_matrix.png"})
   assert not [f for f in helpers.files_under(str(out)) if f.endswith(".tmp")]

@@ -138,18 +138,9 @@ def compute_bottlenecks(image_lists: images.ImageLists, fx: FeatureExtractor,
   copies of every training image, each cached under its own model tag.
   Returns (sets, fill result of the originals, augmented vectors computed).
   """
-  refs, truth, category = [], [], []
-  for class_index, class_images in enumerate(image_lists.classes):
-    for cat in images.CATEGORIES:
-      for rel in class_images.images(cat):
-        refs.append(cache.ImageRef(image_lists.path(class_images, rel),
-                                   class_images.dir_name, rel))
-        truth.append(class_index)
-        category.append(cat)
+  refs, truth, category = _refs(image_lists)
   result = _fill(cache.BottleneckCache(config.bottleneck_dir, fx.tag), refs,
                  what, _Work(fx), config)
-  truth = np.array(truth, np.int64)
-  category = np.array(category)
   copies = config.copies()
   # The sets refer to rows of the memory-mapped index: nothing is loaded
   # yet (see keep_in_memory).
@@ -182,6 +173,37 @@ def compute_bottlenecks(image_lists: images.ImageLists, fx: FeatureExtractor,
                  "(%s), %d computed, the rest from cache", copies,
                  len(train_refs), distortions, augmented)
   return sets, result, augmented
+
+
+def _refs(image_lists: images.ImageLists
+          ) -> Tuple[List[cache.ImageRef], np.ndarray, np.ndarray]:
+  """Every listed image's ImageRef, class index (int64) and set name, in
+  class then set order."""
+  refs, truth, category = [], [], []
+  for class_index, class_images in enumerate(image_lists.classes):
+    for cat in images.CATEGORIES:
+      for rel in class_images.images(cat):
+        refs.append(cache.ImageRef(image_lists.path(class_images, rel),
+                                   class_images.dir_name, rel))
+        truth.append(class_index)
+        category.append(cat)
+  return refs, np.array(truth, np.int64), np.array(category)
+
+
+def cached_bottlenecks(image_lists: images.ImageLists, fx: FeatureExtractor,
+                       bottleneck_dir: str
+                       ) -> Tuple[Dict[str, LabeledBottlenecks], List[str]]:
+  """The originals' bottlenecks that are in the cache, by set, read only
+  (nothing computed or written), and the paths of the images not cached."""
+  refs, truth, category = _refs(image_lists)
+  vectors, found = cache.BottleneckCache(bottleneck_dir, fx.tag).lookup(
+      refs, fx.bottleneck_size)
+  sets = {}
+  for cat in images.CATEGORIES:
+    keep = np.flatnonzero((category == cat) & found)
+    sets[cat] = LabeledBottlenecks(vectors[keep], truth[keep],
+                                   [refs[i].path for i in keep])
+  return sets, [r.path for r, f in zip(refs, found) if not f]
 
 
 def keep_in_memory(sets: Dict[str, LabeledBottlenecks],

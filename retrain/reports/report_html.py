@@ -14,6 +14,7 @@ import os
 from typing import Dict, Mapping, NamedTuple, Optional, Sequence
 
 from cache import fs
+from retrain.reports import audit_html
 
 REPORT_HTML = "report.html"
 
@@ -51,7 +52,13 @@ def thumbnails(paths: Sequence[str], size: int = THUMBNAIL_SIZE
   for path in paths:
     try:
       data = fs.read_bytes(path)
-      image = tf.io.decode_image(data, channels=3, expand_animations=False)
+      if data[:3] == b"\xff\xd8\xff":  # JPEG: decoded at 1/2..1/8 if big.
+        h, w = tf.image.extract_jpeg_shape(data).numpy()[:2]
+        ratio = next(r for r in (8, 4, 2, 1) if max(h, w) >= r * size or
+                     r == 1)
+        image = tf.io.decode_jpeg(data, channels=3, ratio=ratio)
+      else:
+        image = tf.io.decode_image(data, channels=3, expand_animations=False)
       h, w = int(image.shape[0]), int(image.shape[1])
       scale = min(1.0, size / max(h, w))
       small = tf.image.resize(image, [max(1, round(h * scale)),
@@ -228,7 +235,8 @@ def _gallery(evaluation: Mapping, thumbs: Mapping[str, str]) -> str:
 
 def render(evaluation: Mapping, curves: Sequence[Curve],
            thumbs: Mapping[str, str],
-           facts: Optional[Mapping[str, object]] = None) -> str:
+           facts: Optional[Mapping[str, object]] = None,
+           audit: Optional[Mapping] = None) -> str:
   """The page as a string.
 
   Args:
@@ -236,6 +244,7 @@ def render(evaluation: Mapping, curves: Sequence[Curve],
     curves: the training stages' evaluations, in order.
     thumbs: data: URIs of misclassified images, by path (see thumbnails).
     facts: a few lines about the run (model, images, steps), shown on top.
+    audit: audit.json's contents: an Audit section (thumbnails in thumbs).
   """
   facts = dict(facts or {})
   charts = "".join(
@@ -250,7 +259,7 @@ def render(evaluation: Mapping, curves: Sequence[Curve],
       "<!DOCTYPE html><html lang=en><head><meta charset=utf-8>"
       "<meta name=viewport content='width=device-width,initial-scale=1'>"
       f"<title>retrain report: {_pct(evaluation['accuracy'])}</title>"
-      f"<style>{_STYLE}</style></head><body>"
+      f"<style>{_STYLE}{audit_html.STYLE}</style></head><body>"
       f"<h1>retrain report</h1><p class=meta>written {generated}</p>"
       f"{_summary_table(evaluation, facts)}"
       "<h2>Per class</h2>" + _per_class_table(evaluation) +
@@ -264,16 +273,22 @@ def render(evaluation: Mapping, curves: Sequence[Curve],
       f"<h2>Misclassified test images ({len(evaluation['misclassified'])})"
       "</h2><p class=meta>most confident mistakes first: predicted label "
       "(its probability), true label, file.</p>" +
-      _gallery(evaluation, thumbs) + "</body></html>\n")
+      _gallery(evaluation, thumbs) +
+      (audit_html.section(audit, thumbs) if audit else "") +
+      "</body></html>\n")
 
 
 def write_html(folder: str, evaluation: Mapping, curves: Sequence[Curve],
-               facts: Optional[Mapping[str, object]] = None) -> str:
+               facts: Optional[Mapping[str, object]] = None,
+               audit: Optional[Mapping] = None) -> str:
   """Writes report.html (atomically) into `folder`; returns its path."""
-  shown = _worst_first(evaluation)[:MAX_GALLERY]
-  thumbs = thumbnails([r["image"] for r in shown if r.get("image")])
+  shown = [r["image"] for r in _worst_first(evaluation)[:MAX_GALLERY]
+           if r.get("image")]
+  if audit:
+    shown += audit_html.shown_paths(audit)
+  thumbs = thumbnails(list(dict.fromkeys(shown)))
   path = fs.join(folder, REPORT_HTML)
-  fs.write_text(path, render(evaluation, curves, thumbs, facts))
+  fs.write_text(path, render(evaluation, curves, thumbs, facts, audit))
   return path
 
 
@@ -285,3 +300,21 @@ def curve_from_history(stage: str, history: Sequence) -> Curve:
                [p.validation_accuracy for p in history],
                [getattr(p, "validation_cross_entropy", None) for p in history])
 
+
+
+AUDIT_HTML = "audit.html"
+
+
+def write_audit_html(folder: str, audit: Mapping) -> str:
+  """Writes audit.html (the Audit section as a page of its own, what
+  `python -m retrain.audit` shows) into `folder`; returns its path."""
+  thumbs = thumbnails(list(dict.fromkeys(audit_html.shown_paths(audit))))
+  page = ("<!DOCTYPE html><html lang=en><head><meta charset=utf-8>"
+          "<meta name=viewport content='width=device-width,initial-scale=1'>"
+          f"<title>retrain audit</title><style>{_STYLE}{audit_html.STYLE}"
+          "</style></head><body><h1>retrain audit</h1><p class=meta>written "
+          f"{datetime.datetime.now().strftime('%Y-%m-%d %H:%M')}</p>"
+          f"{audit_html.section(audit, thumbs)}</body></html>\n")
+  path = fs.join(folder, AUDIT_HTML)
+  fs.write_text(path, page)
+  return path

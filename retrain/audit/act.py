@@ -22,7 +22,9 @@ from retrain.features.sets import LabeledBottlenecks
 
 
 def _original(path: str, mark: str) -> str:
-  return path.split(mark, 1)[0]
+  """The image a (possibly augmented) item is of, as an absolute path: an
+  audit.json written with --image_dir spelled another way still matches."""
+  return fs.abspath(path.split(mark, 1)[0])
 
 
 def _rebuild(sets: Dict[str, LabeledBottlenecks],
@@ -42,7 +44,7 @@ def _rebuild(sets: Dict[str, LabeledBottlenecks],
         continue
       if target == name:
         stay.append(i)
-      elif path == original:  # Augmented copies do not move.
+      elif mark not in path:  # Augmented copies do not move.
         away.setdefault(target, []).append(i)
     kept[name].append((labeled, np.array(stay, np.int64)))
     for target, items in away.items():
@@ -71,7 +73,7 @@ def dedupe(sets: Dict[str, LabeledBottlenecks], audit: Audit, mark: str
     first = min(group["images"], key=lambda m: m["path"])
     for member in group["images"]:
       if member["set"] != first["set"]:
-        moves[member["path"]] = first["set"]
+        moves[fs.abspath(member["path"])] = first["set"]
     groups.append(dict(group, sets=[first["set"]], leak=False,
                        images=[dict(m, set=first["set"])
                                for m in group["images"]]))
@@ -85,11 +87,11 @@ def excluded_paths(audit_json: str) -> Set[str]:
   flag = f"--exclude_from_training={audit_json}"
   try:
     found = json.loads(fs.read_bytes(audit_json).decode("utf-8"))
-    paths = {r["path"] for key in ("label_errors", "outliers")
+    paths = {fs.abspath(r["path"]) for key in ("label_errors", "outliers")
              for r in found[key]}
     for group in found["duplicate_groups"]:
       if not group["same_class"]:
-        paths.update(m["path"] for m in group["images"])
+        paths.update(fs.abspath(m["path"]) for m in group["images"])
   except OSError as e:
     raise UserError(f"{flag}: cannot read it ({e.strerror or e}); pass the "
                     "audit.json a run wrote") from None
@@ -102,5 +104,6 @@ def excluded_paths(audit_json: str) -> Set[str]:
 def exclude(sets: Dict[str, LabeledBottlenecks], paths: Set[str], mark: str
             ) -> Tuple[Dict[str, LabeledBottlenecks], int]:
   """--exclude_from_training: (sets, original training images left out)."""
-  count = sum(1 for p in sets[TRAINING].paths if p in paths)
+  count = sum(1 for p in sets[TRAINING].paths
+              if mark not in p and fs.abspath(p) in paths)
   return _rebuild(sets, {}, paths, mark), count

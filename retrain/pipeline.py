@@ -342,7 +342,7 @@ def train_layer(inputs: Inputs, data: Bottlenecks, config: RunConfig,
   class_count = len(inputs.labels)
   choice = regularization.choose(data.sets[images.TRAINING],
                                  data.sets[images.VALIDATION], class_count,
-                                 hparams)
+                                 hparams, config.bottleneck_dir)
   logging.info("%s", choice.describe())
   hparams = regularization.resolved(hparams, choice)
   tg = train.build_training_graph(inputs.fx.bottleneck_size, class_count,

@@ -10,7 +10,6 @@ from PIL import Image
 
 import cache
 from retrain import pipeline
-from retrain.audit import memo
 from retrain.config import HParams, ModelOptions
 from retrain.data import imageinfo, preprocess
 from retrain.errors import UserError
@@ -219,7 +218,7 @@ def test_odd_class_folder_names_stay_inside_the_cache(small_models,
   bn = os.path.realpath(config.bottleneck_dir)
   sidecars = [rel for rel in helpers.files_under(bn)
               if os.sep in rel and not rel.startswith(
-                  (model.MODULE_CACHE, memo.FOLDER + os.sep))]
+                  (model.MODULE_CACHE, "."))]
   for rel in sidecars:
     path = os.path.realpath(os.path.join(bn, rel))
     assert path.startswith(bn + os.sep)
@@ -228,5 +227,5 @@ def test_odd_class_folder_names_stay_inside_the_cache(small_models,
   assert len(sidecars) == 15
   others = set(helpers.files_under(bn)) - set(sidecars)
   assert {f for f in others if not f.startswith(
-      (model.MODULE_CACHE, memo.FOLDER + os.sep))} == {
+      (model.MODULE_CACHE, "."))} == {
           result.model["tag"] + ".index"}

@@ -165,3 +165,19 @@ def test_bad_values_are_one_line_errors(tmp_path, flag, words):
   assert proc.returncode == 2, proc.stderr
   lines = proc.stderr.strip().splitlines()
   assert len(lines) == 1 and words in lines[0], proc.stderr
+
+
+def test_a_choice_is_kept_for_a_run_on_the_same_data(tmp_path):
+  """With the cache folder given, a second search on the same vectors and
+  settings reads the first one's result; other data searches again."""
+  train_set, val = _blobs(60), _blobs(30, seed=1)
+  first = regularization.choose(train_set, val, 3, HP, str(tmp_path))
+  again = regularization.choose(train_set, val, 3, HP, str(tmp_path))
+  assert first.why == "searched" and again.why.startswith("searched, kept")
+  assert again.chosen == first.chosen and again.tried == first.tried
+  assert again.validation_cross_entropy == first.validation_cross_entropy
+  assert "kept from a run on the same data" in again.describe()
+  other = regularization.choose(_blobs(60, seed=2), val, 3, HP,
+                                str(tmp_path))
+  assert other.why == "searched"
+  assert len(os.listdir(tmp_path / ".regularization")) == 2

@@ -16,6 +16,7 @@ from typing import List, NamedTuple, Optional, Sequence, Tuple
 import numpy as np
 import tensorflow as tf
 
+from cache import memo
 from retrain.config import HParams
 from retrain.features.sets import LabeledBottlenecks
 from retrain.training import train
@@ -41,6 +42,11 @@ MIN_VALIDATION = 20
 FALLBACK = (1e-2, 0.0)
 
 
+# Raised when the search changes; part of the kept choices' key.
+VERSION = 1
+MEMO_KIND = "regularization"
+
+
 class Setting(NamedTuple):
   weight_decay: float
   label_smoothing: float
@@ -61,7 +67,7 @@ class Choice:
     """One log line."""
     chosen = (f"weight decay {self.chosen.weight_decay:g}, label smoothing "
               f"{self.chosen.label_smoothing:g}")
-    if self.why != "searched":
+    if not self.why.startswith("searched"):
       return f"Regularization: {chosen} ({self.why})"
     best = self.tried.index(self.chosen)
     plain = (self.tried.index(Setting(0.0, 0.0))
@@ -71,9 +77,10 @@ class Choice:
               f"{100 * self.validation_accuracy[plain]:.1f}%")
     return (f"Regularization: {chosen}, chosen of {len(self.tried)} settings "
             f"by validation cross entropy ({self.validation_cross_entropy[best]:.4f}, "
-            f"accuracy {100 * self.validation_accuracy[best]:.1f}%{versus}) in "
-            f"{self.seconds:.1f} s; --weight_decay sets it (0: the classic "
-            "training)")
+            f"accuracy {100 * self.validation_accuracy[best]:.1f}%{versus}) "
+            + (f"in {self.seconds:.1f} s" if self.why == "searched" else
+               "(kept from a run on the same data)") +
+            "; --weight_decay sets it (0: the classic training)")
 
   def to_json(self) -> dict:
     return dict(chosen=self.chosen._asdict(), why=self.why, steps=self.steps,
@@ -95,9 +102,11 @@ def grid(hparams: HParams) -> List[Setting]:
 
 
 def choose(train_set: LabeledBottlenecks, validation_set: LabeledBottlenecks,
-           class_count: int, hparams: HParams) -> Choice:
+           class_count: int, hparams: HParams, memo_root: str = "") -> Choice:
   """The regularization for the run: the flags' values where set, the rest
-  chosen on validation cross entropy (see the module docstring)."""
+  chosen on validation cross entropy (see the module docstring). With
+  memo_root (the cache folder), a choice made before on the same vectors
+  and settings is read from there (cache/memo.py), a new one kept."""
   import time  # pylint: disable=g-import-not-at-top
   settings = grid(hparams)
   if len(settings) == 1:
@@ -110,18 +119,39 @@ def choose(train_set: LabeledBottlenecks, validation_set: LabeledBottlenecks,
   start = time.monotonic()
   rng = np.random.default_rng(hparams.random_seed)
   x, y = _rows(train_set, MAX_SEARCH_ROWS, rng)
+  vx, vy = _rows(validation_set, MAX_SEARCH_ROWS, rng)
   steps = min(hparams.how_many_training_steps, MAX_SEARCH_STEPS)
-  xent, accuracy = train_side_by_side(
-      x, y, *_rows(validation_set, MAX_SEARCH_ROWS, rng), class_count,
-      settings, hparams, steps)
+  key = None
+  if memo_root:  # The same inputs as a run before: its choice.
+    key = memo.digest([VERSION, [list(t) for t in settings], class_count,
+                       steps, hparams.learning_rate, hparams.train_batch_size,
+                       hparams.class_sampling, hparams.random_seed, x, y,
+                       vx, vy])
+    kept = memo.load(memo_root, MEMO_KIND, key)
+    if isinstance(kept, dict) and kept.get("tried"):
+      tried = [Setting(t["weight_decay"], t["label_smoothing"])
+               for t in kept["tried"]]
+      chosen = kept["chosen"]
+      return Choice(Setting(chosen["weight_decay"],
+                            chosen["label_smoothing"]), tuple(tried),
+                    tuple(t["validation_cross_entropy"]
+                          for t in kept["tried"]),
+                    tuple(t["validation_accuracy"] for t in kept["tried"]),
+                    why="searched, kept from a run on the same data",
+                    steps=kept["steps"])
+  xent, accuracy = train_side_by_side(x, y, vx, vy, class_count, settings,
+                                      hparams, steps)
   # Lowest cross entropy; among equal ones (to 1e-4), the first: the grid
   # lists weaker settings first.
   best = min(range(len(settings)),
              key=lambda i: (round(float(xent[i]), 4), i))
-  return Choice(settings[best], tuple(settings),
-                tuple(float(v) for v in xent),
-                tuple(float(v) for v in accuracy),
-                seconds=time.monotonic() - start, steps=steps)
+  choice = Choice(settings[best], tuple(settings),
+                  tuple(float(v) for v in xent),
+                  tuple(float(v) for v in accuracy),
+                  seconds=time.monotonic() - start, steps=steps)
+  if key is not None:
+    memo.store(memo_root, MEMO_KIND, key, choice.to_json())
+  return choice
 
 
 def resolved(hparams: HParams, choice: Choice) -> HParams:

@@ -87,7 +87,7 @@ def test_copies_differ_from_each_other_and_from_the_original(augmented_run):
   copy1 = sorted(f for f in files if ".aug1-" in f)
   copy2 = sorted(f for f in files if ".aug2-" in f)
   originals = sorted(f for f in files if ".aug" not in f and os.sep in f and
-                     not f.startswith(model.MODULE_CACHE))
+                     not f.startswith((model.MODULE_CACHE, ".")))
   # One packed index per cache tag: the model's and each copy's.
   tag = result.model["tag"]
   digest = copy1[0].split(".aug1-")[1][:8]

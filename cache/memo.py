@@ -54,14 +54,19 @@ def load(root: str, kind: str, key: str) -> Optional[object]:
     return None
 
 
-def store(root: str, kind: str, key: str, value: object) -> None:
-  """Writes value under this key; drops all but the newest KEEP of kind
-  (on a local disk)."""
+def store(root: str, kind: str, key: str, value: object) -> bool:
+  """Writes value under this key (atomically); drops all but the newest
+  KEEP of kind (on a local disk). Best effort: a cache folder that cannot
+  be written (read-only, shared, full) only loses the shortcut; returns
+  whether it was kept."""
   folder = fs.join(root, "." + kind)
-  fs.makedirs(folder)
-  fs.write_text(_path(root, kind, key), json.dumps(value) + "\n")
+  try:
+    fs.makedirs(folder)
+    fs.write_text(_path(root, kind, key), json.dumps(value) + "\n")
+  except OSError:  # Also fs.StorageError.
+    return False
   if not fs.for_path(folder).local:
-    return
+    return True
   try:
     files = sorted((os.path.getmtime(os.path.join(folder, f)), f)
                    for f in os.listdir(folder) if f.endswith(".json"))
@@ -69,3 +74,4 @@ def store(root: str, kind: str, key: str, value: object) -> None:
       os.remove(os.path.join(folder, f))
   except OSError:
     pass  # Another run sharing the cache removed it first.
+  return True

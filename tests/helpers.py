@@ -13,9 +13,11 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def run_config(tmp, image_dir, **overrides) -> RunConfig:
-  """A RunConfig whose every output lies under `tmp`."""
+  """A RunConfig whose every output lies under `tmp`; without the audit
+  unless asked (audit=True): tests/test_audit.py tests it, the command-line
+  tests run it as users do."""
   tmp = str(tmp)
-  values = dict(
+  values = dict(audit=False,
       image_dir=image_dir, bottleneck_dir=os.path.join(tmp, "bottlenecks"),
       output_graph=os.path.join(tmp, "out", "graph.pb"),
       output_labels=os.path.join(tmp, "out", "labels.txt"),

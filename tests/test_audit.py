@@ -38,7 +38,7 @@ def planted(shared, tmp_path_factory):
                           str(root / "photos"), outliers)
   model = helpers.shared_mobilenet(shared)
   config = helpers.run_config(root, folder.root, saved_model_dir="",
-                              summaries_dir="")
+                              summaries_dir="", audit=True)
   pipeline.cache_bottlenecks(config, model_options=model)
   return folder, model, config
 

@@ -11,11 +11,8 @@ FLAGS = retrain_flags.FLAGS
 
 def main(argv) -> int:
   def job() -> int:
-    if len(argv) > 1:
-      raise retrain_flags.UserError(
-          f"unexpected argument {argv[1]!r}; flags are written --name=value")
     cli.set_verbosity(FLAGS.logging_verbosity)
-    config, hparams, model = retrain_flags.to_config(FLAGS)
+    config, hparams, model = retrain_flags.from_argv(argv)
     from retrain import pipeline  # pylint: disable=g-import-not-at-top
     if config.only_bottlenecks:
       pipeline.cache_bottlenecks(config, hparams, model)

@@ -272,6 +272,15 @@ def _architecture(f) -> str:
   return ""
 
 
+def from_argv(argv) -> Tuple[RunConfig, HParams, ModelOptions]:
+  """The parsed flags as config tuples, for an entry point's main(argv):
+  a positional argument left over is an error."""
+  if len(argv) > 1:
+    raise UserError(
+        f"unexpected argument {argv[1]!r}; flags are written --name=value")
+  return to_config(FLAGS)
+
+
 def to_config(f=FLAGS) -> Tuple[RunConfig, HParams, ModelOptions]:
   """The parsed flags as the library's config tuples."""
   graph_given = bool(f.graph)

@@ -25,8 +25,9 @@ class HParams(NamedTuple):
   eval_step_interval: int = 10
   random_seed: int = 0
   class_sampling: str = "balanced"  # Or "proportional"; see train.py.
-  # Regularization of the new layer; -1: chosen on validation cross entropy
-  # (training/regularization.py); 0 and 0: the classic tool's training.
+  # Regularization of the new layer; -1: chosen, with the learning rate, on
+  # held-out cross entropy (training/regularization.py); 0 and 0: the
+  # classic tool's training.
   weight_decay: float = -1.0
   label_smoothing: float = 0.0
   # Stage 2, fine-tuning the top of the CNN (finetune.py); off when both

@@ -98,7 +98,9 @@ flags.DEFINE_float("max_in_memory_mb", _R.max_in_memory_mb,
 flags.DEFINE_integer("how_many_training_steps", _H.how_many_training_steps,
                      "How many training steps to run.")
 flags.DEFINE_float("learning_rate", _H.learning_rate,
-                   "Learning rate of gradient descent.")
+                   "Learning rate of gradient descent (with "
+                   "--weight_decay=-1 the search also tries 3 and 10 times "
+                   "it).")
 flags.DEFINE_integer("train_batch_size", _H.train_batch_size,
                      "Bottlenecks per training step.")
 flags.DEFINE_integer("validation_batch_size", _H.validation_batch_size,
@@ -118,12 +120,15 @@ flags.DEFINE_enum("class_sampling", _H.class_sampling,
 flags.DEFINE_float("weight_decay", _H.weight_decay,
                    "L2 penalty on the new layer's weights (the loss adds "
                    "weight_decay / 2 * |W|^2 to the mean cross entropy). "
-                   "-1: chosen among 0, 3e-3, 1e-2, 3e-2, 1e-1 by validation "
-                   "cross entropy. 0: the classic tool's training.")
+                   "-1: chosen among 0, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1 with the "
+                   "learning rate by held-out cross entropy (cross-"
+                   "validation below 1000 validation images). 0 or more: "
+                   "that decay at exactly --learning_rate; 0: the classic "
+                   "tool's training.")
 flags.DEFINE_float("label_smoothing", _H.label_smoothing,
                    "Train the new layer on labels smoothed to 1 - s on the "
                    "class and s / classes on each class. -1: chosen among 0 "
-                   "and 0.1 by validation cross entropy (with --weight_decay, "
+                   "and 0.1 by held-out cross entropy (with --weight_decay, "
                    "in one search).")
 
 # Fine-tuning (stage 2).

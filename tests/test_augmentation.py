@@ -75,8 +75,16 @@ def test_augmented_copies_are_cached_and_reused(augmented_run):
   originals = [p for p in result.test_paths]
   assert train_count > 0 and originals
   assert result.augmented_computed == 2 * train_count // 3
-  again = pipeline.run(config, HP, options)
+  # Again on the same cache, into another folder (the fixture's reports
+  # are checked below).
+  out = os.path.join(os.path.dirname(os.path.dirname(config.output_graph)),
+                     "again")
+  again = pipeline.run(config._replace(
+      output_graph=os.path.join(out, "graph.pb"),
+      output_labels=os.path.join(out, "labels.txt")), HP, options)
   assert again.augmented_computed == 0 and again.bottlenecks_computed == 0
+  assert again.report["regularization"]["why"] == (
+      "searched, kept from a run on the same data")
   np.testing.assert_array_equal(again.test_probabilities,
                                 result.test_probabilities)
 

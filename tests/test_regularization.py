@@ -1,5 +1,6 @@
-"""The new layer's weight decay (and label smoothing), chosen on validation
-cross entropy when the flags leave it at -1 (training/regularization.py)."""
+"""The new layer's weight decay and learning rate (and label smoothing),
+chosen on held-out cross entropy when the flags leave them at -1
+(training/regularization.py, training/side_by_side.py)."""
 
 import json
 import os
@@ -11,7 +12,7 @@ import tensorflow as tf
 from retrain import pipeline
 from retrain.config import HParams, ModelOptions
 from retrain.features.sets import LabeledBottlenecks
-from retrain.training import regularization, train
+from retrain.training import regularization, side_by_side, train
 from tests import helpers
 
 tf1 = tf.compat.v1
@@ -52,28 +53,90 @@ def test_side_by_side_layers_train_as_the_real_training_does():
   """Each of the search's layers ends where train.train ends with its
   setting (same batches; only the tiny random initial weights differ)."""
   train_set, val = _blobs(20), _blobs(100, seed=1)
-  settings = [regularization.Setting(0.0, 0.0),
-              regularization.Setting(0.03, 0.0),
-              regularization.Setting(0.0, 0.1)]
-  xent, accuracy = regularization.train_side_by_side(
+  settings = [regularization.Setting(0.0, 0.0, 0.05),
+              regularization.Setting(0.03, 0.0, 0.05),
+              regularization.Setting(0.0, 0.1, 0.05),
+              regularization.Setting(0.0, 0.0, 0.15)]
+  xent, accuracy = regularization.held_out(
       train_set.x, train_set.y, val.x, val.y, 3, settings, HP)
   for k, setting in enumerate(settings):
     w, b = _trained(train_set, val, HP._replace(
         weight_decay=setting.weight_decay,
-        label_smoothing=setting.label_smoothing))
+        label_smoothing=setting.label_smoothing,
+        learning_rate=setting.learning_rate))
     assert abs(_cross_entropy(val.x, val.y, w, b) - xent[k]) < 2e-3, setting
     assert abs(np.mean(np.argmax(val.x @ w + b, 1) == val.y) -
                accuracy[k]) <= 0.02
   assert xent[1] < xent[0]  # Decay helps on these few, noisy points.
 
 
-def test_the_search_picks_the_lowest_validation_cross_entropy():
+def test_cross_validation_scores_each_image_by_layers_that_never_saw_it():
+  """On labels that are pure noise, a layer fits its training rows, but
+  the cross-validated accuracy stays at chance; on real classes it is near
+  what a layer trained apart scores on new points."""
+  noise = _blobs(40, d=256)
+  shuffled = np.random.default_rng(5).permutation(noise.y)
+  settings = [regularization.Setting(0.0, 0.0, 0.5)]
+  _, fitted = regularization.held_out(noise.x, shuffled, noise.x, shuffled,
+                                      3, settings, HP)
+  _, crossed = regularization.cross_validate(noise.x, shuffled, 3, settings,
+                                             HP)
+  assert fitted[0] > 0.9 and crossed[0] < 0.5, (fitted, crossed)
+  real, test = _blobs(40), _blobs(300, seed=2)
+  _, crossed = regularization.cross_validate(real.x, real.y, 3, settings, HP)
+  _, apart = regularization.held_out(real.x, real.y, test.x, test.y, 3,
+                                     settings, HP)
+  assert abs(crossed[0] - apart[0]) < 0.1, (crossed, apart)
+
+
+def test_fold_layers_learn_only_from_the_other_folds():
+  """side_by_side.train_layers with a fold held out: the layer is the one
+  trained on the other rows alone (same batches, those rows masked)."""
+  data = _blobs(30)
+  fold = side_by_side.fold_of(data.y, 3, np.random.default_rng(0))
+  assert sorted(np.bincount(fold)) == [30, 30, 30]
+  for c in range(3):  # Stratified: each class spread over the folds.
+    assert list(np.bincount(fold[data.y == c])) == [10, 10, 10]
+  rows = np.arange(len(data.y))[None, :].repeat(5, 0).astype(np.int32)
+  both = side_by_side.train_layers(data.x, data.y, rows, 3, 2, 0.5,
+                                   fold=fold, held_out=[-1, 1])
+  keep = np.flatnonzero(fold != 1)
+  alone = side_by_side.train_layers(data.x[keep], data.y[keep],
+                                    rows[:, :len(keep)], 3, 1, 0.5)
+  # Same full-batch steps from (near) zero: the masked layer equals the
+  # one trained on the other folds' rows, to the initial weights' size.
+  np.testing.assert_allclose(both.w[:, 1], alone.w[:, 0], atol=5e-3)
+  assert np.abs(both.w[:, 0] - alone.w[:, 0]).max() > 0.05
+
+
+def test_a_too_small_learning_rate_is_raised_by_the_search():
+  """With a rate too small for 600 steps, a larger one of the grid
+  reaches a lower held-out cross entropy and is chosen."""
+  train_set, val = _blobs(100), _blobs(100, seed=1)
+  slow = HP._replace(learning_rate=0.001)
+  choice = regularization.choose(train_set, val, 3, slow)
+  assert {s.learning_rate for s in choice.tried} == {0.001, 0.003, 0.01}
+  assert choice.chosen.learning_rate == 0.01, choice.describe()
+  assert regularization.resolved(slow, choice).learning_rate == 0.01
+  # A rate that makes SGD diverge scores infinite and is never chosen.
+  wild = regularization.cross_validate(
+      train_set.x * 1e3, train_set.y, 3,
+      [regularization.Setting(0.0, 0.0, 0.05),
+       regularization.Setting(0.0, 0.0, 50.0)], HP)[0]
+  assert not np.isfinite(wild[1]) or wild[1] > wild[0]
+
+
+def test_the_search_picks_the_lowest_held_out_cross_entropy():
   train_set, val = _blobs(20), _blobs(100, seed=1)
   choice = regularization.choose(train_set, val, 3, HP)
   assert choice.why == "searched"
-  assert [s.weight_decay for s in choice.tried] == list(
+  assert sorted({s.weight_decay for s in choice.tried}) == list(
       regularization.WEIGHT_DECAYS)
-  best = int(np.argmin(choice.validation_cross_entropy))
+  assert len(choice.tried) == len(regularization.WEIGHT_DECAYS) * len(
+      regularization.LEARNING_RATE_SCALES)
+  assert choice.scored_on == ("5-fold cross-validation of the 360 training "
+                              "and validation images")
+  best = int(np.argmin(choice.cross_entropy))
   assert choice.chosen == choice.tried[best]
   assert choice.chosen.weight_decay > 0
   # The layer trained with the choice beats the classic one on held-out
@@ -85,7 +148,7 @@ def test_the_search_picks_the_lowest_validation_cross_entropy():
           _cross_entropy(test.x, test.y, *classic))
   assert np.linalg.norm(chosen[0]) < np.linalg.norm(classic[0])
   text = choice.describe()
-  assert "chosen of 5 settings by validation cross entropy" in text
+  assert "chosen of 18 settings by cross entropy on 5-fold" in text
   assert f"weight decay {choice.chosen.weight_decay:g}" in text
 
 
@@ -104,13 +167,41 @@ def test_flags_that_set_it_skip_the_search_and_too_few_images_fall_back():
   fixed = regularization.choose(train_set, val, 3, HP._replace(
       weight_decay=0.0))
   assert fixed.why == "set by flags" and fixed.tried == ()
-  assert fixed.chosen == regularization.Setting(0.0, 0.0)
+  assert fixed.chosen == regularization.Setting(0.0, 0.0, HP.learning_rate)
+  smoothing = regularization.choose(train_set, val, 3, HP._replace(
+      weight_decay=0.0, label_smoothing=-1))
+  assert [s.label_smoothing for s in smoothing.tried] == list(
+      regularization.LABEL_SMOOTHINGS)
+  assert {s.learning_rate for s in smoothing.tried} == {HP.learning_rate}
   both = regularization.choose(train_set, val, 3, HP._replace(
       label_smoothing=-1))
-  assert len(both.tried) == len(regularization.WEIGHT_DECAYS) * 2
-  few = regularization.choose(train_set, _blobs(5, seed=1), 3, HP)
-  assert few.why.startswith("fewer than 20 validation images")
-  assert few.chosen == regularization.Setting(*regularization.FALLBACK)
+  assert len(both.tried) == len(regularization.WEIGHT_DECAYS) * 2 * 3
+  few = regularization.choose(_blobs(5), _blobs(5, seed=1), 3, HP)
+  assert few.why.startswith("fewer than 50 training and validation images")
+  assert few.chosen == regularization.Setting(
+      regularization.FALLBACK_DECAY, 0.0, HP.learning_rate)
+
+
+def test_many_validation_images_or_many_classes_keep_the_search_small():
+  """Above CV_BELOW_VALIDATION validation images one layer per setting is
+  scored on them; many classes use fewer folds, then a smaller grid, so
+  the layers side by side stay within MAX_COLUMNS."""
+  plan = regularization._plan  # pylint: disable=protected-access
+  assert plan(HP, 5, 100) == (regularization.grid(HP), 5)
+  assert plan(HP, 5, 5000) == (regularization.grid(HP), 0)
+  assert plan(HP, 10, 100) == (regularization.grid(HP), 3)
+  settings, folds = plan(HP, 100, 100)
+  assert folds == 0 and len(settings) == 6
+  assert {s.learning_rate for s in settings} == {HP.learning_rate}
+  settings, folds = plan(HP, 1000, 100)
+  assert folds == 0 and [s.weight_decay for s in settings] == [0, 1e-2, 1e-1]
+  for classes in (2, 5, 10, 30, 100):
+    settings, folds = plan(HP, classes, 100)
+    assert len(settings) * max(folds, 1) * classes <= (
+        regularization.MAX_COLUMNS)
+  train_set, val = _blobs(20), _blobs(400, seed=1)
+  assert regularization.choose(train_set, val, 3, HP).scored_on == (
+      "the 1200 validation images")
 
 
 def test_the_classic_training_is_plain_cross_entropy_sgd():
@@ -148,12 +239,17 @@ def test_a_run_logs_and_reports_the_choice(small_models, color_images,
   folder = os.path.dirname(config.output_graph)
   with open(os.path.join(folder, "report.json")) as f:
     found = json.load(f)["regularization"]
-  # 72 photos: too few validate to choose on.
-  assert found["why"] == "fewer than 20 validation images to choose it on"
-  assert found["chosen"] == dict(zip(("weight_decay", "label_smoothing"),
-                                     regularization.FALLBACK))
+  # 72 photos: chosen by cross-validation of the training and validation
+  # ones; every setting tried is in the report.
+  assert found["why"] == "searched", found
+  assert found["scored_on"].startswith("5-fold cross-validation of the ")
+  assert len(found["tried"]) == 18
+  assert set(found["chosen"]) == {"weight_decay", "label_smoothing",
+                                  "learning_rate"}
+  assert found["chosen"] in [{k: t[k] for k in found["chosen"]}
+                             for t in found["tried"]]
   with open(os.path.join(folder, "report.html")) as f:
-    assert "weight decay 0.01, label smoothing 0 (fewer than 20" in f.read()
+    assert "chosen of 18 settings by cross entropy on 5-fold" in f.read()
 
 
 @pytest.mark.parametrize("flag,words", [
@@ -175,7 +271,8 @@ def test_a_choice_is_kept_for_a_run_on_the_same_data(tmp_path):
   again = regularization.choose(train_set, val, 3, HP, str(tmp_path))
   assert first.why == "searched" and again.why.startswith("searched, kept")
   assert again.chosen == first.chosen and again.tried == first.tried
-  assert again.validation_cross_entropy == first.validation_cross_entropy
+  assert again.cross_entropy == first.cross_entropy
+  assert again.scored_on == first.scored_on
   assert "kept from a run on the same data" in again.describe()
   other = regularization.choose(_blobs(60, seed=2), val, 3, HP,
                                 str(tmp_path))

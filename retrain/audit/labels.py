@@ -21,15 +21,12 @@ wrong) first: on the planted folder that puts more real errors in the top
 """
 
 import dataclasses
-from typing import Optional, Tuple
+from typing import Optional
 
 import numpy as np
-import tensorflow as tf
 
 from retrain.config import HParams
-from retrain.training import train
-
-tf1 = tf.compat.v1
+from retrain.training import side_by_side
 
 FOLDS = 5
 MAX_STEPS = 1000  # More steps fit the planted errors no better.
@@ -52,19 +49,6 @@ class LabelIssues:
   thresholds: np.ndarray
 
 
-def fold_of(y: np.ndarray, folds: int, rng: np.random.Generator
-            ) -> np.ndarray:
-  """int64 [n]: each item's fold, every class spread evenly over them."""
-  out = np.empty(len(y), np.int64)
-  start = 0
-  for c in np.unique(y):
-    where = np.flatnonzero(y == c)
-    where = where[rng.permutation(len(where))]
-    out[where] = (np.arange(len(where)) + start) % folds
-    start += len(where)  # Folds take turns across classes too.
-  return out
-
-
 def out_of_fold(x, y: np.ndarray, class_count: int, hparams: HParams,
                 folds: int = FOLDS, steps: Optional[int] = None,
                 block: int = 65536) -> np.ndarray:
@@ -74,77 +58,28 @@ def out_of_fold(x, y: np.ndarray, class_count: int, hparams: HParams,
   in memory, the predictions are made a block at a time."""
   n = len(x)
   rng = np.random.default_rng(hparams.random_seed)
-  fold = fold_of(y, folds, rng)
+  fold = side_by_side.fold_of(y, folds, rng)
   steps = steps or min(hparams.how_many_training_steps, MAX_STEPS)
   if n > MAX_ROWS:  # The layers train on a sample; all are predicted.
     sample = np.sort(rng.choice(n, MAX_ROWS, replace=False))
   else:
     sample = np.arange(n)
-  sampler = train.SAMPLERS[hparams.class_sampling](y[sample], class_count,
-                                                   rng)
-  rows = np.stack([sampler.sample(hparams.train_batch_size)
-                   for _ in range(steps)]).astype(np.int32)
+  rows = side_by_side.batches(y[sample], class_count, hparams, steps, rng)
   decay = (hparams.weight_decay if hparams.weight_decay >= 0
            else DEFAULT_WEIGHT_DECAY)
-  smoothing = max(hparams.label_smoothing, 0.0)
-  w, b = _train(np.asarray(x[sample], np.float32), y[sample], fold[sample],
-                rows, folds, class_count, hparams.learning_rate, decay,
-                smoothing, hparams.random_seed)
+  layers = side_by_side.train_layers(
+      np.asarray(x[sample], np.float32), y[sample], rows, class_count, folds,
+      hparams.learning_rate, decay, max(hparams.label_smoothing, 0.0),
+      hparams.random_seed, fold=fold[sample], held_out=range(folds))
   probabilities = np.empty((n, class_count), np.float32)
   for start in range(0, n, block):
     stop = min(n, start + block)
-    every = (np.asarray(x[start:stop], np.float32) @ w.reshape(len(w), -1)
-             ).reshape(stop - start, folds, class_count) + b  # [n, K, C]
+    every = layers.logits(x[start:stop])  # [n, K, C]
     logits = every[np.arange(stop - start), fold[start:stop]]
     logits -= logits.max(1, keepdims=True)
     e = np.exp(logits)
     probabilities[start:stop] = e / e.sum(1, keepdims=True)
   return probabilities
-
-
-def _train(x, y, fold, rows, folds, c, learning_rate, decay, smoothing, seed
-           ) -> Tuple[np.ndarray, np.ndarray]:
-  """The fold layers (w [D, K, C], b [K, C]) trained by plain SGD on mean
-  cross entropy + decay / 2 |W|^2, on the batches rows [steps, B] of x, y:
-  the layers side by side in one [D, K * C] matrix (one plain matrix
-  product a step), each layer's loss over the batch rows not in its fold."""
-  d = x.shape[1]
-  graph = tf.Graph()
-  with graph.as_default():
-    tf1.set_random_seed(seed)
-    data_x = tf1.placeholder(tf.float32, [None, d])
-    data_y = tf1.placeholder(tf.int64, [None])
-    data_fold = tf1.placeholder(tf.int64, [None])
-    step_rows = tf1.placeholder(tf.int32, [None, None])
-    lr = tf.constant(learning_rate, tf.float32)
-
-    def body(i, w, b):
-      batch = step_rows[i]
-      logits = tf.reshape(tf.matmul(tf.gather(data_x, batch), w) + b,
-                          [-1, folds, c])  # [B, K, C]
-      target = tf.one_hot(tf.gather(data_y, batch), c) * (1 - smoothing) + (
-          smoothing / c)
-      xent = tf.nn.softmax_cross_entropy_with_logits(
-          labels=tf.tile(target[:, None, :], [1, folds, 1]),
-          logits=logits)  # [B, K]
-      use = tf.cast(tf.not_equal(tf.gather(data_fold, batch)[:, None],
-                                 tf.range(folds, dtype=tf.int64)[None, :]),
-                    tf.float32)  # [B, K]: the row trains layer k.
-      loss = (tf.reduce_sum(tf.reduce_sum(xent * use, 0) /
-                            tf.maximum(tf.reduce_sum(use, 0), 1.0)) +
-              0.5 * decay * tf.reduce_sum(tf.square(w)))
-      grad_w, grad_b = tf.gradients(loss, [w, b])
-      return i + 1, w - lr * grad_w, b - lr * grad_b
-
-    w0 = tf1.truncated_normal([d, folds * c], stddev=0.001)
-    b0 = tf.zeros([folds * c])
-    _, w, b = tf1.while_loop(lambda i, *_: i < tf.shape(step_rows)[0], body,
-                             [tf.constant(0), w0, b0])
-  graph.finalize()
-  with tf1.Session(graph=graph) as session:
-    w, b = session.run([w, b], {data_x: x, data_y: y, data_fold: fold,
-                                step_rows: rows})
-  return w.reshape(d, folds, c), b.reshape(folds, c)
 
 
 def confident_learning(probabilities: np.ndarray, y: np.ndarray

@@ -1,120 +1,178 @@
-"""The new layer's regularization, chosen on validation cross entropy.
+"""The new layer's weight decay and learning rate, chosen by cross-validation.
 
-Where --weight_decay (by default) or --label_smoothing is -1, a small grid of
-settings is tried: one softmax layer per setting, all trained side by side in
-one [D, K * C] matrix on the same sampled batches, with the run's own steps
-(up to MAX_SEARCH_STEPS), batch size and learning rate: about the cost of one
-more training. The setting whose layer has the lowest cross entropy on the
-whole validation set wins; ties go to the weaker regularization. The real
-training then runs with it (train.py).
+Where --weight_decay (by default) or --label_smoothing is -1, a grid of
+settings is tried: weight decay in WEIGHT_DECAYS, learning rate
+--learning_rate times LEARNING_RATE_SCALES (plain SGD on a fixed number of
+steps stops short of the optimum when the rate is small for the model's
+features; a larger rate gets nearer it), and with --label_smoothing=-1
+smoothing in LABEL_SMOOTHINGS. Each setting is scored by its layers' cross
+entropy on images they did not learn from:
+
+- cross-validation (fewer than CV_BELOW_VALIDATION validation images): the
+  training and validation images together are split into FOLDS stratified
+  folds; one layer per setting and fold learns from the other folds, all of
+  them side by side in one matrix (side_by_side.py) on shared batches, so
+  every image is scored once per setting by a layer that never saw it;
+- with more validation images: one layer per setting trained on the
+  training images, scored on the validation images.
+
+A few dozen validation images rank the settings by chance (one lucky image
+moves the pick); every image scored once ranks them like the tuned
+logistic regression's inner cross-validation (benchmarks/head_quality.py).
+Each layer trains for the run's steps (at most MAX_SEARCH_STEPS), batch
+size and sampling. The setting with the lowest mean cross entropy wins;
+ties go to the first in the grid, the weaker decay and smaller rate. The
+real training then runs with it on the training images only (on training
+and validation together it was not better, measured; validation stays
+held out for the curves and stage 2).
+
+Where the grid's layers would be too many columns (many classes), fewer
+folds, then a smaller grid, are used (see _plan).
 """
 
 import dataclasses
 import itertools
+import time
 from typing import List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
-import tensorflow as tf
 
 from cache import memo
 from retrain.config import HParams
 from retrain.features.sets import LabeledBottlenecks
-from retrain.training import train
-
-tf1 = tf.compat.v1
+from retrain.training import side_by_side
 
 # The grid (for a flag left at -1). Weight decay is per example (the loss
 # is the batch's mean cross entropy + wd / 2 * |W|^2).
-WEIGHT_DECAYS = (0.0, 3e-3, 1e-2, 3e-2, 1e-1)
+WEIGHT_DECAYS = (0.0, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
+LEARNING_RATE_SCALES = (1.0, 3.0, 10.0)
 # Only with --label_smoothing=-1: validation cross entropy, which picks the
 # setting, rarely favours smoothing (it spends confidence on purpose).
 LABEL_SMOOTHINGS = (0.0, 0.1)
 
-# The search trains on at most this many training rows (a random subset of
-# larger sets, read from the memory-mapped index), for at most this many
-# steps (a longer run's layers keep the setting chosen at this length).
+FOLDS = 5
+# Cross-validation below this many validation images; above, the
+# validation set alone scores the settings.
+CV_BELOW_VALIDATION = 1000
+# At most this many layer columns (layers x classes) side by side; more
+# classes use fewer folds, then the smaller grids of _plan.
+MAX_COLUMNS = 600
+
+# The search trains on at most this many rows (a random subset of larger
+# sets, read from the memory-mapped index), for at most this many steps (a
+# longer run's layers keep the setting chosen at this length).
 MAX_SEARCH_ROWS = 100_000
 MAX_SEARCH_STEPS = 4000
 
-# Fewer validation images than this: no search (its choice would be noise);
-# the defaults below are used.
-MIN_VALIDATION = 20
-FALLBACK = (1e-2, 0.0)
-
+# Fewer training and validation images than this: no search (its choice
+# would be noise); the fallback below is used.
+MIN_IMAGES = 50
+FALLBACK_DECAY = 1e-2
 
 # Raised when the search changes; part of the kept choices' key.
-VERSION = 1
+VERSION = 2
 MEMO_KIND = "regularization"
 
 
 class Setting(NamedTuple):
   weight_decay: float
   label_smoothing: float
+  learning_rate: float
 
 
 @dataclasses.dataclass(frozen=True)
 class Choice:
-  """What was tried, what it scored on validation, what was chosen."""
+  """What was tried, what it scored on held-out images, what was chosen."""
   chosen: Setting
   tried: Tuple[Setting, ...] = ()
-  validation_cross_entropy: Tuple[float, ...] = ()
-  validation_accuracy: Tuple[float, ...] = ()
-  why: str = "searched"  # Or "set by flags", "too few validation images".
+  cross_entropy: Tuple[float, ...] = ()  # Mean, on held-out images.
+  accuracy: Tuple[float, ...] = ()
+  why: str = "searched"  # Or "set by flags", "too few images".
+  scored_on: str = ""  # "5-fold cross-validation of 412 images", ...
   seconds: float = 0.0
   steps: int = 0  # Steps each candidate was trained for.
 
   def describe(self) -> str:
     """One log line."""
-    chosen = (f"weight decay {self.chosen.weight_decay:g}, label smoothing "
+    chosen = (f"weight decay {self.chosen.weight_decay:g}, learning rate "
+              f"{self.chosen.learning_rate:g}, label smoothing "
               f"{self.chosen.label_smoothing:g}")
     if not self.why.startswith("searched"):
       return f"Regularization: {chosen} ({self.why})"
     best = self.tried.index(self.chosen)
-    plain = (self.tried.index(Setting(0.0, 0.0))
-             if Setting(0.0, 0.0) in self.tried else None)
-    versus = ("" if plain is None or plain == best else
-              f"; none: {self.validation_cross_entropy[plain]:.4f}, "
-              f"{100 * self.validation_accuracy[plain]:.1f}%")
+    plain = [i for i, s in enumerate(self.tried)
+             if s.weight_decay == 0 and s.label_smoothing == 0]
+    versus = ("" if not plain or plain[0] == best else
+              f"; classic: {self.cross_entropy[plain[0]]:.4f}, "
+              f"{100 * self.accuracy[plain[0]]:.1f}%")
     return (f"Regularization: {chosen}, chosen of {len(self.tried)} settings "
-            f"by validation cross entropy ({self.validation_cross_entropy[best]:.4f}, "
-            f"accuracy {100 * self.validation_accuracy[best]:.1f}%{versus}) "
+            f"by cross entropy on {self.scored_on} "
+            f"({self.cross_entropy[best]:.4f}, accuracy "
+            f"{100 * self.accuracy[best]:.1f}%{versus}) "
             + (f"in {self.seconds:.1f} s" if self.why == "searched" else
                "(kept from a run on the same data)") +
             "; --weight_decay sets it (0: the classic training)")
 
   def to_json(self) -> dict:
-    return dict(chosen=self.chosen._asdict(), why=self.why, steps=self.steps,
-                tried=[dict(s._asdict(), validation_cross_entropy=x,
-                            validation_accuracy=a)
-                       for s, x, a in zip(self.tried,
-                                          self.validation_cross_entropy,
-                                          self.validation_accuracy)])
+    return dict(chosen=self.chosen._asdict(), why=self.why,
+                scored_on=self.scored_on, steps=self.steps,
+                tried=[dict(s._asdict(), cross_entropy=x, accuracy=a)
+                       for s, x, a in zip(self.tried, self.cross_entropy,
+                                          self.accuracy)])
+
+  @classmethod
+  def from_json(cls, kept: dict, why: str) -> "Choice":
+    tried = tuple(Setting(t["weight_decay"], t["label_smoothing"],
+                          t["learning_rate"]) for t in kept["tried"])
+    return cls(Setting(**kept["chosen"]), tried,
+               tuple(t["cross_entropy"] for t in kept["tried"]),
+               tuple(t["accuracy"] for t in kept["tried"]), why=why,
+               scored_on=kept["scored_on"], steps=kept["steps"])
 
 
-def grid(hparams: HParams) -> List[Setting]:
+def grid(hparams: HParams, smaller: int = 0) -> List[Setting]:
   """The settings to try: the grid for each flag left at -1, else its
-  value."""
-  decays = (WEIGHT_DECAYS if hparams.weight_decay < 0
-            else (hparams.weight_decay,))
+  value; the learning rate searched with the weight decay. smaller = 1:
+  the learning rate not searched; 2: also only the decays 0, 1e-2, 1e-1."""
+  decays = (hparams.weight_decay,) if hparams.weight_decay >= 0 else (
+      WEIGHT_DECAYS if smaller < 2 else (0.0, 1e-2, 1e-1))
   smoothings = (LABEL_SMOOTHINGS if hparams.label_smoothing < 0
                 else (hparams.label_smoothing,))
-  return [Setting(w, s) for w, s in itertools.product(decays, smoothings)]
+  scales = (LEARNING_RATE_SCALES if hparams.weight_decay < 0 and smaller < 1
+            else (1.0,))
+  return [Setting(w, s, hparams.learning_rate * r)
+          for r, w, s in itertools.product(scales, decays, smoothings)]
+
+
+def _plan(hparams: HParams, class_count: int, validation_images: int
+          ) -> Tuple[List[Setting], int]:
+  """(settings, folds; 0: scored on the validation set) within
+  MAX_COLUMNS layer columns."""
+  for smaller in range(3):
+    settings = grid(hparams, smaller)
+    if validation_images < CV_BELOW_VALIDATION:
+      for folds in (FOLDS, 3):
+        if len(settings) * folds * class_count <= MAX_COLUMNS:
+          return settings, folds
+    if len(settings) * class_count <= MAX_COLUMNS:
+      return settings, 0
+  return settings, 0  # Many classes: the smallest grid, one layer each.
 
 
 def choose(train_set: LabeledBottlenecks, validation_set: LabeledBottlenecks,
            class_count: int, hparams: HParams, memo_root: str = "") -> Choice:
   """The regularization for the run: the flags' values where set, the rest
-  chosen on validation cross entropy (see the module docstring). With
+  chosen on held-out cross entropy (see the module docstring). With
   memo_root (the cache folder), a choice made before on the same vectors
   and settings is read from there (cache/memo.py), a new one kept."""
-  import time  # pylint: disable=g-import-not-at-top
-  settings = grid(hparams)
+  settings, folds = _plan(hparams, class_count, len(validation_set))
   if len(settings) == 1:
     return Choice(settings[0], why="set by flags")
-  if len(validation_set) < MIN_VALIDATION or not len(train_set):
-    fallback = Setting(*(v if v >= 0 else f for v, f in zip(
-        (hparams.weight_decay, hparams.label_smoothing), FALLBACK)))
-    return Choice(fallback, why=f"fewer than {MIN_VALIDATION} validation "
+  if len(train_set) + len(validation_set) < MIN_IMAGES or not len(train_set):
+    return Choice(Setting(
+        hparams.weight_decay if hparams.weight_decay >= 0 else FALLBACK_DECAY,
+        max(hparams.label_smoothing, 0.0), hparams.learning_rate),
+                  why=f"fewer than {MIN_IMAGES} training and validation "
                   "images to choose it on")
   start = time.monotonic()
   rng = np.random.default_rng(hparams.random_seed)
@@ -123,31 +181,32 @@ def choose(train_set: LabeledBottlenecks, validation_set: LabeledBottlenecks,
   steps = min(hparams.how_many_training_steps, MAX_SEARCH_STEPS)
   key = None
   if memo_root:  # The same inputs as a run before: its choice.
-    key = memo.digest([VERSION, [list(t) for t in settings], class_count,
-                       steps, hparams.learning_rate, hparams.train_batch_size,
+    key = memo.digest([VERSION, [list(t) for t in settings], folds,
+                       class_count, steps, hparams.train_batch_size,
                        hparams.class_sampling, hparams.random_seed, x, y,
                        vx, vy])
     kept = memo.load(memo_root, MEMO_KIND, key)
     if isinstance(kept, dict) and kept.get("tried"):
-      tried = [Setting(t["weight_decay"], t["label_smoothing"])
-               for t in kept["tried"]]
-      chosen = kept["chosen"]
-      return Choice(Setting(chosen["weight_decay"],
-                            chosen["label_smoothing"]), tuple(tried),
-                    tuple(t["validation_cross_entropy"]
-                          for t in kept["tried"]),
-                    tuple(t["validation_accuracy"] for t in kept["tried"]),
-                    why="searched, kept from a run on the same data",
-                    steps=kept["steps"])
-  xent, accuracy = train_side_by_side(x, y, vx, vy, class_count, settings,
-                                      hparams, steps)
-  # Lowest cross entropy; among equal ones (to 1e-4), the first: the grid
-  # lists weaker settings first.
-  best = min(range(len(settings)),
-             key=lambda i: (round(float(xent[i]), 4), i))
+      return Choice.from_json(kept,
+                              "searched, kept from a run on the same data")
+  if folds:
+    xent, accuracy = cross_validate(np.concatenate([x, vx]),
+                                    np.concatenate([y, vy]), class_count,
+                                    settings, hparams, steps, folds)
+    scored_on = (f"{folds}-fold cross-validation of the {len(y) + len(vy)} "
+                 "training and validation images")
+  else:
+    xent, accuracy = held_out(x, y, vx, vy, class_count, settings, hparams,
+                              steps)
+    scored_on = f"the {len(vy)} validation images"
+  # Lowest cross entropy (a diverged layer's is infinite); among equal ones
+  # (to 1e-4), the first.
+  xent = np.where(np.isfinite(xent), xent, np.inf)
+  best = min(range(len(settings)), key=lambda i: (round(float(xent[i]), 4),
+                                                  i))
   choice = Choice(settings[best], tuple(settings),
                   tuple(float(v) for v in xent),
-                  tuple(float(v) for v in accuracy),
+                  tuple(float(v) for v in accuracy), scored_on=scored_on,
                   seconds=time.monotonic() - start, steps=steps)
   if key is not None:
     memo.store(memo_root, MEMO_KIND, key, choice.to_json())
@@ -155,79 +214,63 @@ def choose(train_set: LabeledBottlenecks, validation_set: LabeledBottlenecks,
 
 
 def resolved(hparams: HParams, choice: Choice) -> HParams:
-  """hparams with the chosen weight decay and label smoothing."""
+  """hparams with the chosen weight decay, label smoothing and rate."""
   return hparams._replace(weight_decay=choice.chosen.weight_decay,
-                          label_smoothing=choice.chosen.label_smoothing)
+                          label_smoothing=choice.chosen.label_smoothing,
+                          learning_rate=choice.chosen.learning_rate)
 
 
 def _rows(labeled: LabeledBottlenecks, limit: int, rng: np.random.Generator
           ) -> Tuple[np.ndarray, np.ndarray]:
   """x [n, D], y [n] of the set, or of `limit` of its rows at random."""
   if len(labeled) <= limit:
-    return labeled.in_memory().x, labeled.y
+    return np.asarray(labeled.in_memory().x, np.float32), labeled.y
   pick = np.sort(rng.choice(len(labeled), size=limit, replace=False))
-  return labeled.take(pick), labeled.y[pick]
+  return np.asarray(labeled.take(pick), np.float32), labeled.y[pick]
 
 
-def train_side_by_side(x: np.ndarray, y: np.ndarray, vx: np.ndarray,
-                       vy: np.ndarray, class_count: int,
-                       settings: Sequence[Setting], hparams: HParams,
-                       steps: Optional[int] = None
-                       ) -> Tuple[np.ndarray, np.ndarray]:
-  """Trains one softmax layer per setting on the same batches (the run's
-  sampler, steps up to MAX_SEARCH_STEPS, batch size and learning rate);
-  returns each layer's
-  validation (cross entropy [K], accuracy [K]) on vx [m, D], vy [m]."""
-  steps = steps or min(hparams.how_many_training_steps, MAX_SEARCH_STEPS)
+def _scores(logits: np.ndarray, y: np.ndarray
+            ) -> Tuple[np.ndarray, np.ndarray]:
+  """(mean cross entropy [K], accuracy [K]) of logits [n, K, C], y [n]."""
+  log_p = side_by_side.log_softmax(logits)
+  xent = -log_p[np.arange(len(y)), :, y].mean(0)
+  return xent, (logits.argmax(-1) == y[:, None]).mean(0)
+
+
+def _train(x, y, class_count, settings, hparams, steps, fold=None,
+           held_out_folds=None, copies=1):
   rng = np.random.default_rng(hparams.random_seed)
-  sampler = train.SAMPLERS[hparams.class_sampling](y, class_count, rng)
-  rows = np.stack([sampler.sample(hparams.train_batch_size)
-                   for _ in range(steps)]).astype(np.int32)
-  k, d, c = len(settings), x.shape[1], class_count
-  graph = tf.Graph()
-  with graph.as_default():
-    tf1.set_random_seed(hparams.random_seed)
-    data_x = tf1.placeholder(tf.float32, [None, d])
-    data_y = tf1.placeholder(tf.int64, [None])
-    step_rows = tf1.placeholder(tf.int32, [None, None])
-    val_x = tf1.placeholder(tf.float32, [None, d])
-    val_y = tf1.placeholder(tf.int64, [None])
-    # The K layers side by side in one [D, K * C] matrix: a step is one
-    # plain matrix product, as for one layer, only K times wider.
-    decay = tf.constant(np.repeat([s.weight_decay for s in settings], c)
-                        .astype(np.float32))  # [K * C]
-    smooth = tf.constant([s.label_smoothing for s in settings],
-                         tf.float32)[None, :, None]  # [1, K, 1]
-    lr = tf.constant(hparams.learning_rate, tf.float32)
+  rows = side_by_side.batches(y, class_count, hparams, steps, rng)
+  column = lambda field: [getattr(s, field) for s in settings] * copies
+  return side_by_side.train_layers(
+      x, y, rows, class_count, len(settings) * copies,
+      column("learning_rate"), column("weight_decay"),
+      column("label_smoothing"), hparams.random_seed, fold, held_out_folds)
 
-    def logits_of(inputs, w, b):  # [n, D] -> [n, K, C]
-      return tf.reshape(tf.matmul(inputs, w) + b, [-1, k, c])
 
-    def body(i, w, b):
-      labels = tf.gather(data_y, step_rows[i])
-      logits = logits_of(tf.gather(data_x, step_rows[i]), w, b)
-      target = (tf.one_hot(labels, c)[:, None, :] * (1 - smooth) +
-                smooth / c)
-      xent = tf.nn.softmax_cross_entropy_with_logits(
-          labels=target, logits=logits)  # [B, K]
-      # Sum over the layers of each one's mean loss: each layer's gradient
-      # is its own loss's.
-      loss = (tf.reduce_sum(tf.reduce_mean(xent, axis=0)) +
-              0.5 * tf.reduce_sum(decay * tf.square(w)))
-      grad_w, grad_b = tf.gradients(loss, [w, b])
-      return i + 1, w - lr * grad_w, b - lr * grad_b
+def held_out(x: np.ndarray, y: np.ndarray, vx: np.ndarray, vy: np.ndarray,
+             class_count: int, settings: Sequence[Setting], hparams: HParams,
+             steps: Optional[int] = None) -> Tuple[np.ndarray, np.ndarray]:
+  """(cross entropy [K], accuracy [K]) on vx [m, D], vy [m] of one layer
+  per setting trained on x [n, D], y [n]."""
+  steps = steps or min(hparams.how_many_training_steps, MAX_SEARCH_STEPS)
+  layers = _train(x, y, class_count, settings, hparams, steps)
+  return _scores(layers.logits(vx), vy)
 
-    w0 = tf1.truncated_normal([d, k * c], stddev=0.001)
-    b0 = tf.zeros([k * c])
-    _, w, b = tf1.while_loop(lambda i, *_: i < tf.shape(step_rows)[0], body,
-                             [tf.constant(0), w0, b0])
-    val_logits = logits_of(val_x, w, b)  # [m, K, C]
-    labels = tf.tile(val_y[:, None], [1, k])  # [m, K]
-    val_xent = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
-        labels=labels, logits=val_logits), axis=0)
-    val_acc = tf.reduce_mean(tf.cast(tf.equal(
-        tf.argmax(val_logits, 2), labels), tf.float32), axis=0)
-  graph.finalize()
-  with tf1.Session(graph=graph) as session:
-    return session.run([val_xent, val_acc], {
-        data_x: x, data_y: y, step_rows: rows, val_x: vx, val_y: vy})
+
+def cross_validate(x: np.ndarray, y: np.ndarray, class_count: int,
+                   settings: Sequence[Setting], hparams: HParams,
+                   steps: Optional[int] = None, folds: int = FOLDS
+                   ) -> Tuple[np.ndarray, np.ndarray]:
+  """(cross entropy [K], accuracy [K]) over all of x [n, D], y [n], each
+  row scored by the layer of its setting that learnt from the other
+  folds."""
+  steps = steps or min(hparams.how_many_training_steps, MAX_SEARCH_STEPS)
+  k = len(settings)
+  fold = side_by_side.fold_of(y, folds, np.random.default_rng(
+      hparams.random_seed))
+  layers = _train(x, y, class_count, settings, hparams, steps, fold,
+                  np.repeat(np.arange(folds), k), copies=folds)
+  # Layer f * K + s: setting s, fold f held out.
+  logits = layers.logits(x).reshape(len(y), folds, k, class_count)
+  return _scores(logits[np.arange(len(y)), fold], y)

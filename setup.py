@@ -31,7 +31,7 @@ setup(
         "beam": ["apache-beam>=2.77"],
         "gcp": ["apache-beam[gcp]>=2.77"],
         "dask": ["apache-beam[dask]>=2.77"],
-        "test": ["pytest", "pillow", "matplotlib", "ai-edge-litert",
+        "test": ["pytest", "pytest-xdist", "pillow", "matplotlib", "ai-edge-litert",
                  "apache-beam[dask]>=2.77", "mediapipe>=0.10.30"],
     },
     entry_points={

@@ -26,8 +26,8 @@ real training then runs with it on the training images only (on training
 and validation together it was not better, measured; validation stays
 held out for the curves and stage 2).
 
-Where the grid's layers would be too many columns (many classes), fewer
-folds, then a smaller grid, are used (see _plan).
+Where the grid's layers would be too many weights (many classes or
+features), fewer folds, then a smaller grid, are used (see _plan).
 """
 
 import dataclasses
@@ -45,7 +45,7 @@ from retrain.training import side_by_side
 # The grid (for a flag left at -1). Weight decay is per example (the loss
 # is the batch's mean cross entropy + wd / 2 * |W|^2).
 WEIGHT_DECAYS = (0.0, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
-LEARNING_RATE_SCALES = (1.0, 3.0, 10.0)
+LEARNING_RATE_SCALES = (1.0, 10.0)
 # Only with --label_smoothing=-1: validation cross entropy, which picks the
 # setting, rarely favours smoothing (it spends confidence on purpose).
 LABEL_SMOOTHINGS = (0.0, 0.1)
@@ -54,9 +54,11 @@ FOLDS = 5
 # Cross-validation below this many validation images; above, the
 # validation set alone scores the settings.
 CV_BELOW_VALIDATION = 1000
-# At most this many layer columns (layers x classes) side by side; more
-# classes use fewer folds, then the smaller grids of _plan.
-MAX_COLUMNS = 600
+# At most this many weights (layers x classes x bottleneck size) side by
+# side, which bounds a search step's cost (12 settings x 5 folds x 5
+# classes x 1280 features: 384 000); more classes or features use fewer
+# folds, then the smaller grids of _plan.
+MAX_WEIGHTS = 400_000
 
 # The search trains on at most this many rows (a random subset of larger
 # sets, read from the memory-mapped index), for at most this many steps (a
@@ -144,19 +146,21 @@ def grid(hparams: HParams, smaller: int = 0) -> List[Setting]:
           for r, w, s in itertools.product(scales, decays, smoothings)]
 
 
-def _plan(hparams: HParams, class_count: int, validation_images: int
-          ) -> Tuple[List[Setting], int]:
+def _plan(hparams: HParams, class_count: int, bottleneck_size: int,
+          validation_images: int) -> Tuple[List[Setting], int]:
   """(settings, folds; 0: scored on the validation set) within
-  MAX_COLUMNS layer columns."""
-  for smaller in range(3):
-    settings = grid(hparams, smaller)
-    if validation_images < CV_BELOW_VALIDATION:
+  MAX_WEIGHTS."""
+  width = class_count * bottleneck_size
+  if validation_images < CV_BELOW_VALIDATION:  # Cross-validation first.
+    for smaller in range(3):
       for folds in (FOLDS, 3):
-        if len(settings) * folds * class_count <= MAX_COLUMNS:
-          return settings, folds
-    if len(settings) * class_count <= MAX_COLUMNS:
-      return settings, 0
-  return settings, 0  # Many classes: the smallest grid, one layer each.
+        if len(grid(hparams, smaller)) * folds * width <= MAX_WEIGHTS:
+          return grid(hparams, smaller), folds
+  for smaller in range(3):
+    if len(grid(hparams, smaller)) * width <= MAX_WEIGHTS:
+      return grid(hparams, smaller), 0
+  settings = grid(hparams, 2)
+  return settings, 0  # Very wide: the smallest grid, one layer each.
 
 
 def choose(train_set: LabeledBottlenecks, validation_set: LabeledBottlenecks,
@@ -165,7 +169,8 @@ def choose(train_set: LabeledBottlenecks, validation_set: LabeledBottlenecks,
   chosen on held-out cross entropy (see the module docstring). With
   memo_root (the cache folder), a choice made before on the same vectors
   and settings is read from there (cache/memo.py), a new one kept."""
-  settings, folds = _plan(hparams, class_count, len(validation_set))
+  settings, folds = _plan(hparams, class_count, train_set.x.shape[1],
+                          len(validation_set))
   if len(settings) == 1:
     return Choice(settings[0], why="set by flags")
   if len(train_set) + len(validation_set) < MIN_IMAGES or not len(train_set):

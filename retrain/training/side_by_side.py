@@ -5,8 +5,12 @@ the regularization search (one layer per setting, or per setting and
 cross-validation fold) and the audit's out-of-fold predictions (one layer
 per fold). A step is one plain matrix product of the sampled batch, as for
 one layer, only K times wider; the loss is the sum of the layers' own
-losses, so each layer's gradient is its own loss's and the K layers are K
-independent SGD runs on the same batches.
+losses (mean cross entropy + decay_k / 2 * |W_k|^2), so each layer's
+gradient is its own loss's and the K layers are K independent SGD runs on
+the same batches. The gradient is written out rather than taken by
+tf.gradients: 11.4 s instead of 15.6 s for 60 layers of 5 classes on 1 280
+features, 4000 steps (2 cores), which is about the matrix products' own
+cost.
 
 Each layer k has its own weight decay, label smoothing and learning rate,
 and may be kept off part of the data: with `fold` [n] and `held_out` [K],
@@ -103,18 +107,20 @@ def train_layers(x: np.ndarray, y: np.ndarray, rows: np.ndarray,
 
     def body(i, w, b):
       batch = step_rows[i]
-      logits = tf.reshape(tf.matmul(tf.gather(data_x, batch), w) + b,
-                          [-1, k, c])  # [B, K, C]
+      inputs = tf.gather(data_x, batch)  # [B, D]
+      logits = tf.reshape(tf.matmul(inputs, w) + b, [-1, k, c])  # [B, K, C]
       target = (tf.one_hot(tf.gather(data_y, batch), c)[:, None, :] *
                 (1 - smooth_t) + smooth_t / c)  # [B, K, C]
-      xent = tf.nn.softmax_cross_entropy_with_logits(
-          labels=target, logits=logits)  # [B, K]
       use = tf.cast(tf.not_equal(tf.gather(data_fold, batch)[:, None],
                                  held_t), tf.float32)  # [B, K]
-      loss = (tf.reduce_sum(tf.reduce_sum(xent * use, 0) /
-                            tf.maximum(tf.reduce_sum(use, 0), 1.0)) +
-              0.5 * tf.reduce_sum(decay_t * tf.square(w)))
-      grad_w, grad_b = tf.gradients(loss, [w, b])
+      # d(mean cross entropy of layer k's rows) / d logits is
+      # (softmax - target) / rows, on the rows layer k learns from.
+      scale = use / tf.maximum(tf.reduce_sum(use, 0, keepdims=True), 1.0)
+      grad_logits = tf.reshape((tf.nn.softmax(logits) - target) *
+                               scale[:, :, None], [-1, k * c])  # [B, K * C]
+      grad_w = (tf.matmul(inputs, grad_logits, transpose_a=True) +
+                decay_t * w)
+      grad_b = tf.reduce_sum(grad_logits, 0)
       return i + 1, w - lr_t * grad_w, b - lr_t * grad_b
 
     w0 = tf1.truncated_normal([d, k * c], stddev=0.001)

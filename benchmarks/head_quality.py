@@ -12,8 +12,8 @@ each fold:
 
 - retrain stage 1 with the classic training (--weight_decay=0
   --label_smoothing=0),
-- retrain stage 1 at default settings (regularization chosen on the
-  validation photos),
+- retrain stage 1 at default settings (weight decay and learning rate
+  chosen by cross-validation of the training and validation photos),
 - scikit-learn LogisticRegression (lbfgs, multinomial; LogisticRegressionCV)
   trained on the training and validation photos, C chosen among 13 values
   (1e-3 .. 1e3) by 5-fold cross-validation inside them,

@@ -75,10 +75,8 @@ def out_of_fold(x, y: np.ndarray, class_count: int, hparams: HParams,
   for start in range(0, n, block):
     stop = min(n, start + block)
     every = layers.logits(x[start:stop])  # [n, K, C]
-    logits = every[np.arange(stop - start), fold[start:stop]]
-    logits -= logits.max(1, keepdims=True)
-    e = np.exp(logits)
-    probabilities[start:stop] = e / e.sum(1, keepdims=True)
+    probabilities[start:stop] = np.exp(side_by_side.log_softmax(
+        every[np.arange(stop - start), fold[start:stop]]))
   return probabilities
 
 

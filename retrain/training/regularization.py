@@ -151,16 +151,16 @@ def _plan(hparams: HParams, class_count: int, bottleneck_size: int,
   """(settings, folds; 0: scored on the validation set) within
   MAX_WEIGHTS."""
   width = class_count * bottleneck_size
+  grids = [grid(hparams, smaller) for smaller in range(3)]
   if validation_images < CV_BELOW_VALIDATION:  # Cross-validation first.
-    for smaller in range(3):
+    for settings in grids:
       for folds in (FOLDS, 3):
-        if len(grid(hparams, smaller)) * folds * width <= MAX_WEIGHTS:
-          return grid(hparams, smaller), folds
-  for smaller in range(3):
-    if len(grid(hparams, smaller)) * width <= MAX_WEIGHTS:
-      return grid(hparams, smaller), 0
-  settings = grid(hparams, 2)
-  return settings, 0  # Very wide: the smallest grid, one layer each.
+        if len(settings) * folds * width <= MAX_WEIGHTS:
+          return settings, folds
+  for settings in grids:
+    if len(settings) * width <= MAX_WEIGHTS:
+      return settings, 0
+  return grids[-1], 0  # Very wide: the smallest grid, one layer each.
 
 
 def choose(train_set: LabeledBottlenecks, validation_set: LabeledBottlenecks,

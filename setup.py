@@ -32,6 +32,7 @@ setup(
         "gcp": ["apache-beam[gcp]>=2.77"],
         "dask": ["apache-beam[dask]>=2.77"],
         "test": ["pytest", "pytest-xdist", "pillow", "matplotlib", "ai-edge-litert",
+                 "scikit-learn",
                  "apache-beam[dask]>=2.77", "mediapipe>=0.10.30"],
     },
     entry_points={

@@ -2,7 +2,8 @@
 
   python benchmarks/fine_tune.py [--models=mobilenet_v1_075_224,...]
       [--datasets=flower_photos_dev,cats_dogs_small] [--folds=5]
-      [--variants=plain,flips] [--fine_tune_layers=2] [--keras_epochs=2]
+      [--variants=plain,flips,flips3] [--fine_tune_layers=2]
+      [--keras_epochs=2]
 
 Accuracy: k-fold cross-validation on each shared data set. Fold k's test
 photos are those whose name hashes to k; of the rest, 1 in 8 (retrain's own
@@ -11,7 +12,8 @@ pipeline's stages at default settings plus --fine_tune_layers: stage 1 (the
 new softmax layer on cached bottlenecks: "head only") and stage 2 (the CNN's
 top trained from cached cut activations: "fine-tuned", which is stage 1's
 model when stage 2 never beat it on validation). Variant "plain" has no
-augmentation; "flips" adds --flip_left_right and one augmentation copy.
+augmentation; "flips" adds --flip_left_right and one augmentation copy,
+"flips3" --flip_left_right and three.
 
 Speed: seconds per fine-tuning epoch (a pass over fold 0's training images,
 evaluations included) against the tutorials' recipe, a Keras loop with the
@@ -42,8 +44,9 @@ flags.DEFINE_list("models", ["mobilenet_v1_075_224", "mobilenet_v1_025_224"],
                   "Model folders of ../shared/models.")
 flags.DEFINE_list("datasets", ["flower_photos_dev", "cats_dogs_small"],
                   "Data set folders of ../shared/datasets.")
-flags.DEFINE_list("variants", ["plain", "flips"],
-                  "plain: no augmentation; flips: --flip_left_right and one "
+flags.DEFINE_list("variants", ["plain", "flips", "flips3"],
+                  "plain: no augmentation; flips3: --flip_left_right and "
+                  "three augmentation copies; flips: --flip_left_right and one "
                   "augmentation copy.")
 flags.DEFINE_integer("folds", 5, "Cross-validation folds.")
 flags.DEFINE_integer("fine_tune_layers", 2, "--fine_tune_layers.")
@@ -57,8 +60,9 @@ flags.DEFINE_string("keras", None, "Internal: MODEL:DATASET, the Keras loop "
                     "in this process, JSON on the last line.")
 FLAGS = flags.FLAGS
 
-VARIANTS = {"plain": {}, "flips": dict(flip_left_right=True,
-                                       augmentation_copies=1)}
+VARIANTS = {"plain": {},
+            "flips": dict(flip_left_right=True, augmentation_copies=1),
+            "flips3": dict(flip_left_right=True, augmentation_copies=3)}
 KERAS_WIDTH = {"mobilenet_v1_075_224": 0.75, "mobilenet_v1_025_224": 0.25,
                "mobilenet_v1_025_128": 0.25}
 fold_lists = common.fold_lists
@@ -113,7 +117,7 @@ def run_one(model_name: str, dataset: str, variant: str, work: str) -> dict:
         head=head,
         fine_tuned=float(np.mean(np.argmax(tuned, 1) == truth)),
         improved=result.improved, best_step=result.best_step,
-        steps=result.steps_run,
+        steps=result.steps_run, stage2_seconds=result.seconds,
         epoch_seconds=result.seconds * len(data.sets[images.TRAINING]) /
         max(images_seen, 1),
         cut_vectors_computed=stage.cut_vectors_computed,
@@ -230,6 +234,7 @@ def main(_):
             _percent([f["fine_tuned"] for f in folds]),
             f"{100 * min(gains):+.1f} / {100 * max(gains):+.1f}",
             f"{sum(f['improved'] for f in folds)}/{len(folds)}",
+            f"{sum(f['stage2_seconds'] for f in folds) / len(folds):.1f}",
             f"{r['peak_rss_mb']:.0f}"])
         print(common.table(accuracy[-1:], ACCURACY_HEADER), flush=True)
       if plain and FLAGS.keras_epochs:
@@ -254,7 +259,7 @@ def main(_):
 
 ACCURACY_HEADER = ["model", "data", "variant", "test photos",
                    "head only %", "fine-tuned %", "fold gain min / max",
-                   "stage 2 kept", "peak RSS MB"]
+                   "stage 2 kept", "stage 2 s/fold", "peak RSS MB"]
 SPEED_HEADER = ["model", "data", "images", "retrain s/epoch",
                 "Keras s/epoch", "speed-up",
                 "cut cache per image (sidecar x 2 with the index)",

@@ -14,7 +14,7 @@ from retrain.config import HParams, RunConfig
 from retrain.deploy import export, tfjs
 from retrain.errors import UserError
 from retrain.features import storage
-from retrain.training import train
+from retrain.training import finetune, train
 
 
 def check_config(config: RunConfig, hparams: HParams) -> None:
@@ -97,6 +97,15 @@ def _check_config(config: RunConfig, hparams: HParams) -> None:
   need(0 <= hparams.fine_tune_momentum < 1,
        f"--fine_tune_momentum={hparams.fine_tune_momentum}: must be from 0 "
        "to below 1")
+  need(hparams.fine_tune_weight_decay >= 0 or
+       hparams.fine_tune_weight_decay == -1,
+       f"--fine_tune_weight_decay={hparams.fine_tune_weight_decay}: must be "
+       "0 or more (or -1: stage 1's)")
+  for flag, values in (("fine_tune_schedule", finetune.SCHEDULES),
+                       ("fine_tune_pick", finetune.PICKS)):
+    value = getattr(hparams, flag)
+    need(value in values,
+         f"--{flag}={value}: must be one of {', '.join(values)}")
   need(hparams.fine_tune_batch_size > 0,
        f"--fine_tune_batch_size={hparams.fine_tune_batch_size}: must be a "
        "positive number")

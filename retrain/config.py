@@ -34,11 +34,14 @@ class HParams(NamedTuple):
   # fine_tune_layers and fine_tune_from are unset.
   fine_tune_layers: int = 0  # The last N weight layers below the bottleneck.
   fine_tune_from: str = ""  # Or: everything above this tensor.
-  fine_tune_steps: int = 0  # 0: about 10 passes over the training set.
+  fine_tune_steps: int = 0  # 0: about 20 passes over the training set.
   fine_tune_learning_rate: float = 0.0  # 0: learning_rate / 10.
   fine_tune_momentum: float = 0.9
   fine_tune_batch_size: int = 32
   fine_tune_patience: int = 0  # Evaluations without improvement; 0: none.
+  fine_tune_schedule: str = "cosine"  # finetune.SCHEDULES.
+  fine_tune_pick: str = "last"  # finetune.PICKS.
+  fine_tune_weight_decay: float = 0.0  # -1: stage 1's (chosen) decay.
 
   def fine_tuning(self) -> bool:
     return bool(self.fine_tune_layers or self.fine_tune_from)

@@ -141,7 +141,7 @@ flags.DEFINE_string("fine_tune_from", _H.fine_tune_from or None,
                     "Instead of --fine_tune_layers: train everything "
                     "between this tensor and the bottleneck.")
 flags.DEFINE_integer("fine_tune_steps", _H.fine_tune_steps,
-                     "Fine-tuning steps (0: about 10 passes over the "
+                     "Fine-tuning steps (0: about 20 passes over the "
                      "training set, logged).")
 flags.DEFINE_float("fine_tune_learning_rate", _H.fine_tune_learning_rate,
                    "Fine-tuning learning rate (0: --learning_rate / 10).")
@@ -151,8 +151,20 @@ flags.DEFINE_integer("fine_tune_batch_size", _H.fine_tune_batch_size,
                      "Images per fine-tuning step.")
 flags.DEFINE_integer("fine_tune_patience", _H.fine_tune_patience,
                      "Stop fine-tuning after this many evaluations without "
-                     "a better validation accuracy (0: run every step; the "
-                     "best weights are kept either way).")
+                     "a lower validation cross entropy (0: run every step).")
+flags.DEFINE_enum("fine_tune_schedule", _H.fine_tune_schedule,
+                  ["cosine", "constant"],
+                  "Fine-tuning learning rate: from --fine_tune_learning_rate "
+                  "down to 0 along a cosine, or constant.")
+flags.DEFINE_enum("fine_tune_pick", _H.fine_tune_pick, ["last", "best"],
+                  "The fine-tuned model kept: the last step's, if it beats "
+                  "stage 1 on validation; or the evaluation with the lowest "
+                  "validation cross entropy that beats stage 1 by more than "
+                  "chance. Else stage 1's model is exported.")
+flags.DEFINE_float("fine_tune_weight_decay", _H.fine_tune_weight_decay,
+                   "Weight decay of the new layer during fine-tuning (-1: "
+                   "stage 1's, as chosen or given by --weight_decay; 0: "
+                   "none).")
 
 # Augmentation.
 flags.DEFINE_bool("flip_left_right", _R.flip_left_right,
@@ -319,7 +331,10 @@ def to_config(f=FLAGS) -> Tuple[RunConfig, HParams, ModelOptions]:
       fine_tune_learning_rate=f.fine_tune_learning_rate,
       fine_tune_momentum=f.fine_tune_momentum,
       fine_tune_batch_size=f.fine_tune_batch_size,
-      fine_tune_patience=f.fine_tune_patience)
+      fine_tune_patience=f.fine_tune_patience,
+      fine_tune_schedule=f.fine_tune_schedule,
+      fine_tune_pick=f.fine_tune_pick,
+      fine_tune_weight_decay=f.fine_tune_weight_decay)
   config = RunConfig(
       image_dir=f.image_dir, bottleneck_dir=f.bottleneck_dir,
       output_graph=f.output_graph, output_labels=f.output_labels,

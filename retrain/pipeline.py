@@ -430,7 +430,7 @@ def fine_tune_top(inputs: Inputs, layer: TrainedLayer, config: RunConfig,
   try:
     return finetune.run_stage(inputs.image_lists, inputs.fx, config, hparams,
                               layer.weights, layer.biases, layer.test.paths,
-                              log)
+                              log, layer.regularization.chosen.weight_decay)
   finally:
     for line in lines:
       line.close()
@@ -619,6 +619,10 @@ def _stages(layer: TrainedLayer,
            validation_accuracy=result.best_validation_accuracy,
            test_accuracy=test_accuracy(result.test_probabilities),
            exported=result.improved,
+           **({} if tuned.params is None else dict(
+               learning_rate=tuned.params.learning_rate,
+               schedule=tuned.params.schedule, pick=tuned.params.pick,
+               weight_decay=tuned.params.weight_decay)),
            trainable=tuned.cut.trainable(), parameters=tuned.parameters,
            cut=list(tuned.cut.inputs)),
   ]

@@ -47,6 +47,20 @@ def test_fine_tune_benchmark_prints_both_stages(shared, tmp_path):
   assert "| mobilenet_v1_025_128 | flower_photos_dev | plain   | 500 " in out
 
 
+def test_head_quality_benchmark_prints_every_column(shared, tmp_path):
+  helpers.require("sklearn")
+  out = _run("head_quality.py", ["--models=mobilenet_v1_025_128",
+                                 "--datasets=flower_photos_dev", "--folds=2",
+                                 "--stage2", f"--work_dir={tmp_path}"])
+  assert "| stage 1 - LR | stage 2 - stage 1 | stage 2 kept |" in out, out
+  row = re.search(r"\| flower_photos_dev +\| mobilenet_v1_025_128 +\| 500 +"
+                  r"((?:\| [0-9.]+ +){4})\| [-+][0-9.]+ +\| [-+][0-9.]+ +"
+                  r"\| [0-2]/2 ", out)
+  assert row, out
+  # Each fold's test accuracies are real: between chance and 100%.
+  assert all(20 < float(v) <= 100 for v in row.group(1).split("|")[1:]), out
+
+
 def test_exports_benchmark_prints_every_export(shared, tmp_path):
   out = _run("exports.py", [f"--work_dir={tmp_path}"])
   for name in ("frozen graph", "SavedModel", "TFLite none", "TFLite dynamic",

@@ -82,6 +82,50 @@ def test_patience_stops_after_evaluations_without_improvement():
   assert [p.step for p in result.history] == [0, 50, 100]
 
 
+def test_cosine_schedule_falls_from_the_rate_to_nearly_zero():
+  rate = [finetune.SCHEDULES["cosine"](t, 100) for t in range(1, 101)]
+  assert rate[0] == 1.0 and 0 < rate[-1] < 1e-3
+  assert all(a > b for a, b in zip(rate, rate[1:]))
+  assert abs(rate[50] - 0.5) < 1e-9  # Step 51 of 100: halfway.
+  assert finetune.SCHEDULES["constant"](100, 100) == 1.0
+
+
+def test_last_pick_takes_the_last_model_or_stage_one(monkeypatch):
+  """A run that learns, then wrecks the model in its last 5 steps (the
+  rate times 1e4): pick=best keeps an earlier evaluation, pick=last gives
+  stage 1's model back; without the wreck, pick=last keeps the last."""
+  gd, cut, shapes, train, validation = _task()
+  monkeypatch.setitem(finetune.SCHEDULES, "wreck",
+                      lambda t, steps: 1e4 if t > steps - 5 else 1.0)
+  zeros = np.zeros([6, 3], np.float32), np.zeros([3], np.float32)
+  runs = {pick: finetune.fine_tune(
+      gd, cut, shapes, train, validation, *zeros, 3,
+      PARAMS._replace(schedule="wreck", pick=pick)) for pick in ("best",
+                                                                 "last")}
+  assert runs["best"].improved and 0 < runs["best"].best_step <= 550
+  assert not runs["last"].improved and runs["last"].best_step == 0
+  np.testing.assert_array_equal(runs["last"].weights, zeros[0])
+  kept = finetune.fine_tune(gd, cut, shapes, train, validation, *zeros, 3,
+                            PARAMS)  # Cosine, last.
+  assert kept.improved and kept.best_step == kept.steps_run == 600
+  assert kept.best_validation_accuracy == kept.history[-1].validation_accuracy
+  assert (kept.history[-1].validation_cross_entropy <
+          kept.history[0].validation_cross_entropy)
+
+
+def test_weight_decay_shrinks_the_new_layer():
+  gd, cut, shapes, train, validation = _task()
+  zeros = np.zeros([6, 3], np.float32), np.zeros([3], np.float32)
+  norms = {}
+  for decay in (0.0, 0.3):
+    result = finetune.fine_tune(gd, cut, shapes, train, validation, *zeros,
+                                3, PARAMS._replace(weight_decay=decay))
+    assert result.improved
+    norms[decay] = np.linalg.norm(result.weights)
+  print(norms)
+  assert norms[0.3] < 0.7 * norms[0.0]
+
+
 def test_pipeline_fine_tunes_exports_and_reports(small_models, color_images,
                                                  tmp_path):
   """A weak stage 1 (one tiny step) then stage 2 on the Inception-named graph:
@@ -123,6 +167,10 @@ def test_pipeline_fine_tunes_exports_and_reports(small_models, color_images,
     stages = json.load(f)["stages"]
   assert [s["stage"] for s in stages] == ["new softmax layer", "fine-tuning"]
   assert stages[1]["exported"] and stages[1]["steps"] == 100
+  # Defaults: cosine rate from 0.01, the last model, no decay.
+  assert (stages[1]["schedule"], stages[1]["pick"],
+          stages[1]["learning_rate"], stages[1]["weight_decay"]) == (
+              "cosine", "last", 0.01, 0.0)
   assert "Stage: fine-tuning" in open(os.path.join(out, "report.txt")).read()
   # Two charts (accuracy, cross entropy), each train and validation, for
   # each stage.
@@ -143,10 +191,14 @@ def test_stage_one_is_exported_when_fine_tuning_does_not_help(
   config = helpers.run_config(tmp_path, color_images, saved_model_dir="")
   hparams = HParams(how_many_training_steps=200, learning_rate=0.05,
                     eval_step_interval=50, fine_tune_layers=1,
-                    fine_tune_steps=20, fine_tune_learning_rate=1e-9)
+                    fine_tune_steps=20, fine_tune_learning_rate=1e-9,
+                    weight_decay=0.03, fine_tune_weight_decay=-1)
   options = ModelOptions(graph=small_models["inception"], tfhub_module="")
   result = pipeline.run(config, hparams, options)
   assert not result.fine_tune.result.improved
+  # -1: stage 1's decay.
+  assert result.fine_tune.params.weight_decay == (
+      result.report["regularization"]["chosen"]["weight_decay"]) == 0.03
   assert not result.model["source"].endswith("(fine-tuned)")
   probs = helpers.export_probabilities("graph", config.output_graph,
                                        result.test_paths, tmp_path)

@@ -15,9 +15,12 @@ each fold:
 - retrain stage 1 at default settings (weight decay and learning rate
   chosen by cross-validation of the training and validation photos),
 - scikit-learn LogisticRegression (lbfgs, multinomial; LogisticRegressionCV)
-  trained on the training and validation photos, C chosen among 13 values
-  (1e-3 .. 1e3) by 5-fold cross-validation inside them (the table names
-  the scikit-learn version: its solver's results moved between releases),
+  trained on the training and validation photos ("LR"), and on the
+  training photos only, which are what stage 1's final layer learns from
+  (stage 1 uses the validation photos to choose its setting), each with C
+  chosen among 13 values (1e-3 .. 1e3) by 5-fold cross-validation inside
+  them (the table names the scikit-learn version: its results moved
+  between releases),
 - with --stage2, retrain stage 2 (--fine_tune_layers, default settings:
   the model after the last step of the cosine schedule, or stage 1's when
   that did not beat it on validation), timed with its cut activations
@@ -25,7 +28,7 @@ each fold:
 
 Prints each fold's numbers as JSON, then a table of mean test accuracy and
 seconds per fold (training only; the bottlenecks are cached before timing).
-Needs scikit-learn (pip install scikit-learn; not a dependency of retrain).
+Needs scikit-learn (in .[test]; not a dependency of retrain).
 """
 
 import json
@@ -118,6 +121,15 @@ def run_one(model_name: str, dataset: str, work: str):
     row["logreg"] = float(np.mean(predicted == truth))
     row["logreg_C"] = c
     row["logreg_seconds"] = time.monotonic() - start
+    # The same on the training images only: what stage 1's final layer
+    # learns from (stage 1 uses the validation images to choose only).
+    start = time.monotonic()
+    predicted, c = tuned_logistic_regression(
+        sets[images.TRAINING].in_memory().x, sets[images.TRAINING].y,
+        sets[images.TESTING].in_memory().x)
+    row["logreg_train"] = float(np.mean(predicted == truth))
+    row["logreg_train_C"] = c
+    row["logreg_train_seconds"] = time.monotonic() - start
     if FLAGS.stage2:
       hparams = HParams(fine_tune_layers=FLAGS.fine_tune_layers)
       finetune.cut_vectors(inputs.image_lists, fx, config, hparams)  # Cached.
@@ -143,8 +155,8 @@ def main(_):
     sys.exit("head_quality.py needs scikit-learn: pip install scikit-learn")
   work = FLAGS.work_dir or tempfile.mkdtemp(prefix="retrain_head_quality_")
   rows = []
-  ways = ["classic", "stage1", "logreg"] + (["stage2"] if FLAGS.stage2
-                                            else [])
+  ways = ["classic", "stage1", "logreg", "logreg_train"] + (
+      ["stage2"] if FLAGS.stage2 else [])
   for dataset in FLAGS.datasets:
     for model in FLAGS.models:
       folds = list(run_one(model, dataset, work))
@@ -152,7 +164,8 @@ def main(_):
       rows.append([dataset, model, str(folds[0]["train"] + folds[0][
           "validation"] + folds[0]["test"])] +
                   [f"{100 * mean(w):.1f}" for w in ways] +
-                  [f"{100 * (mean('stage1') - mean('logreg')):+.1f}"] +
+                  [f"{100 * (mean('stage1') - mean(lr)):+.1f}"
+                   for lr in ("logreg", "logreg_train")] +
                   ([f"{100 * (mean('stage2') - mean('stage1')):+.1f}",
                     f"{sum(f['stage2_improved'] for f in folds)}/"
                     f"{len(folds)}"] if FLAGS.stage2 else []) +
@@ -163,9 +176,9 @@ def main(_):
         f"bottlenecks); scikit-learn {sklearn.__version__}")
   print(common.table(rows, [
       "data set", "model", "images", "stage 1, classic", "stage 1",
-      "logistic regression (C by inner CV)"] +
+      "LR, training + validation", "LR, training only"] +
       (["stage 2"] if FLAGS.stage2 else []) +
-      ["stage 1 - LR"] +
+      ["stage 1 - LR", "stage 1 - LR training only"] +
       (["stage 2 - stage 1", "stage 2 kept"] if FLAGS.stage2 else []) +
       ["seconds (" + " / ".join(ways) + ")"]))
 

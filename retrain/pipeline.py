@@ -550,7 +550,11 @@ def write_reports(inputs: Inputs, data: Bottlenecks, layer: TrainedLayer,
         f"{tuned.seconds:.1f} s; validation accuracy "
         f"{result.baseline_validation_accuracy * 100:.1f}% -> "
         f"{result.best_validation_accuracy * 100:.1f}%; exported: "
-        f"{'fine-tuned' if result.improved else 'stage 1 (never beaten)'}")
+        f"{'fine-tuned' if result.improved else 'stage 1 (not beaten)'}"
+        + ("" if tuned.params is None else
+           f"; {tuned.params.schedule} rate from "
+           f"{tuned.params.learning_rate:g}, "
+           f"--fine_tune_pick={tuned.params.pick}"))
     curves.append(report_html.curve_from_history("fine-tuning",
                                                  result.history))
   written.append(report_html.write_html(

@@ -52,9 +52,10 @@ def test_head_quality_benchmark_prints_every_column(shared, tmp_path):
   out = _run("head_quality.py", ["--models=mobilenet_v1_025_128",
                                  "--datasets=flower_photos_dev", "--folds=2",
                                  "--stage2", f"--work_dir={tmp_path}"])
-  assert "| stage 1 - LR | stage 2 - stage 1 | stage 2 kept |" in out, out
+  assert ("| stage 1 - LR | stage 1 - LR training only | stage 2 - stage 1 "
+          "| stage 2 kept |") in out, out
   row = re.search(r"\| flower_photos_dev +\| mobilenet_v1_025_128 +\| 500 +"
-                  r"((?:\| [0-9.]+ +){4})\| [-+][0-9.]+ +\| [-+][0-9.]+ +"
+                  r"((?:\| [0-9.]+ +){5})(?:\| [-+][0-9.]+ +){3}"
                   r"\| [0-2]/2 ", out)
   assert row, out
   # Each fold's test accuracies are real: between chance and 100%.

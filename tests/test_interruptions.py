@@ -16,12 +16,16 @@ from retrain.config import HParams, ModelOptions
 from tests import fixtures, helpers
 
 
+# Enough that extraction outlasts the signal on a fast machine (633
+# images/s in 2026-12: 600 images ended before SIGINT landed).
+MANY = 1800
+
+
 @pytest.fixture(scope="module")
 def many_images(tmp_path_factory):
   root = tmp_path_factory.mktemp("many")
-  # Enough that extraction outlasts the signal on a fast machine (633
-  # images/s here, 2026-12: 600 images ended before SIGINT landed).
-  return fixtures.make_color_images(str(root), per_class=600, size=(60, 80))
+  return fixtures.make_color_images(str(root), per_class=MANY // 3,
+                                    size=(60, 80))
 
 
 def _args(image_dir, graph, bottleneck_dir, out, steps=1, extra=()):
@@ -68,7 +72,7 @@ def reference(many_images, small_models, tmp_path_factory):
                                tmp / "bn", tmp / "out"))
   assert proc.returncode == 0, proc.stderr[-2000:]
   vectors = _vectors(str(tmp / "bn"))
-  assert len(vectors) == 600
+  assert len(vectors) == MANY
   return vectors
 
 
@@ -104,7 +108,7 @@ def test_sigkill_while_writing_never_leaves_a_corrupt_file(
     # tenths of a second: later kills would mostly find extraction done).
     time.sleep(rng.uniform(0, 0.15))
     if proc.poll() is None:
-      kills_while_extracting += len(_cache_files(bn)) < 600
+      kills_while_extracting += len(_cache_files(bn)) < MANY
       proc.send_signal(signal.SIGKILL)
     proc.wait()
     _vectors(bn)  # Every file present is complete.
@@ -117,7 +121,7 @@ def test_sigkill_while_writing_never_leaves_a_corrupt_file(
                         ModelOptions(graph=small_models["inception"],
                                      tfhub_module=""))
   assert result.bottlenecks_from_cache == present
-  assert result.bottlenecks_computed == 600 - present
+  assert result.bottlenecks_computed == MANY - present
   _assert_same(_vectors(bn), reference)
 
 
@@ -314,7 +318,7 @@ def test_full_cache_disk_is_one_line_and_the_cache_stays_valid(
   code, err = _run(_args(many_images, small_models["inception"], bn,
                          tmp_path / "out"))
   assert code == 0, err[-3000:]
-  assert f"Bottlenecks: {len(present)} from cache, {600 - len(present)} " \
+  assert f"Bottlenecks: {len(present)} from cache, {MANY - len(present)} " \
          "computed" in err
 
 

@@ -3,7 +3,8 @@
   python benchmarks/fine_tune.py [--models=mobilenet_v1_075_224,...]
       [--datasets=flower_photos_dev,cats_dogs_small] [--folds=5]
       [--variants=plain,flips,flips3] [--fine_tune_layers=2]
-      [--keras_epochs=2]
+      [--fine_tune_schedule=cosine] [--fine_tune_pick=last]
+      [--fine_tune_weight_decay=0] [--keras_epochs=2]
 
 Accuracy: k-fold cross-validation on each shared data set. Fold k's test
 photos are those whose name hashes to k; of the rest, 1 in 8 (retrain's own
@@ -50,6 +51,9 @@ flags.DEFINE_list("variants", ["plain", "flips", "flips3"],
                   "augmentation copy.")
 flags.DEFINE_integer("folds", 5, "Cross-validation folds.")
 flags.DEFINE_integer("fine_tune_layers", 2, "--fine_tune_layers.")
+flags.DEFINE_string("fine_tune_schedule", "cosine", "--fine_tune_schedule.")
+flags.DEFINE_string("fine_tune_pick", "last", "--fine_tune_pick.")
+flags.DEFINE_float("fine_tune_weight_decay", 0.0, "--fine_tune_weight_decay.")
 flags.DEFINE_integer("keras_epochs", 2, "Keras epochs timed (the last is "
                      "reported: the first includes tracing); 0: no Keras.")
 flags.DEFINE_string("work_dir", None, "Cache and scratch folder (default: a "
@@ -92,7 +96,10 @@ def run_one(model_name: str, dataset: str, variant: str, work: str) -> dict:
                      output_graph=os.path.join(work, "unused.pb"),
                      output_labels=os.path.join(work, "unused.txt"),
                      intermediate_store_frequency=0, **VARIANTS[variant])
-  hparams = HParams(fine_tune_layers=FLAGS.fine_tune_layers)
+  hparams = HParams(fine_tune_layers=FLAGS.fine_tune_layers,
+                    fine_tune_schedule=FLAGS.fine_tune_schedule,
+                    fine_tune_pick=FLAGS.fine_tune_pick,
+                    fine_tune_weight_decay=FLAGS.fine_tune_weight_decay)
   fx = load_feature_extractor(_model_options(model_name), cache_dir)
   no_template = concurrent.futures.Future()
   no_template.set_result(None)
@@ -197,6 +204,9 @@ def _child(flag: str, value: str, work: str) -> dict:
   args = [sys.executable, os.path.abspath(__file__), f"--{flag}={value}",
           f"--work_dir={work}", f"--folds={FLAGS.folds}",
           f"--fine_tune_layers={FLAGS.fine_tune_layers}",
+          f"--fine_tune_schedule={FLAGS.fine_tune_schedule}",
+          f"--fine_tune_pick={FLAGS.fine_tune_pick}",
+          f"--fine_tune_weight_decay={FLAGS.fine_tune_weight_decay}",
           f"--keras_epochs={FLAGS.keras_epochs}"]
   proc = subprocess.run(args, capture_output=True, text=True, check=False)
   lines = proc.stdout.strip().splitlines()

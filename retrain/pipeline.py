@@ -550,11 +550,10 @@ def write_reports(inputs: Inputs, data: Bottlenecks, layer: TrainedLayer,
         f"{tuned.seconds:.1f} s; validation accuracy "
         f"{result.baseline_validation_accuracy * 100:.1f}% -> "
         f"{result.best_validation_accuracy * 100:.1f}%; exported: "
-        f"{'fine-tuned' if result.improved else 'stage 1 (not beaten)'}"
-        + ("" if tuned.params is None else
-           f"; {tuned.params.schedule} rate from "
-           f"{tuned.params.learning_rate:g}, "
-           f"--fine_tune_pick={tuned.params.pick}"))
+        f"{'fine-tuned' if result.improved else 'stage 1 (not beaten)'}; "
+        f"{tuned.params.schedule} rate from "
+        f"{tuned.params.learning_rate:g}, "
+        f"--fine_tune_pick={tuned.params.pick}")
     curves.append(report_html.curve_from_history("fine-tuning",
                                                  result.history))
   written.append(report_html.write_html(
@@ -623,10 +622,9 @@ def _stages(layer: TrainedLayer,
            validation_accuracy=result.best_validation_accuracy,
            test_accuracy=test_accuracy(result.test_probabilities),
            exported=result.improved,
-           **({} if tuned.params is None else dict(
-               learning_rate=tuned.params.learning_rate,
-               schedule=tuned.params.schedule, pick=tuned.params.pick,
-               weight_decay=tuned.params.weight_decay)),
+           learning_rate=tuned.params.learning_rate,
+           schedule=tuned.params.schedule, pick=tuned.params.pick,
+           weight_decay=tuned.params.weight_decay,
            trainable=tuned.cut.trainable(), parameters=tuned.parameters,
            cut=list(tuned.cut.inputs)),
   ]

@@ -292,7 +292,7 @@ class Stage:
   parameters: int  # Trainable numbers in the CNN's top.
   seconds: float
   cut_vectors_computed: int
-  params: Optional[FineTuneParams] = None  # What it trained with.
+  params: FineTuneParams  # What it trained with.
 
 
 def cut_vectors(image_lists: images.ImageLists, fx: FeatureExtractor,

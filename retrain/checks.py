@@ -14,7 +14,7 @@ from retrain.config import HParams, RunConfig
 from retrain.deploy import export, tfjs
 from retrain.errors import UserError
 from retrain.features import storage
-from retrain.training import finetune, train
+from retrain.training import finetune, schedules, train
 
 
 def check_config(config: RunConfig, hparams: HParams) -> None:
@@ -115,6 +115,9 @@ def _check_config(config: RunConfig, hparams: HParams) -> None:
   need(hparams.label_smoothing == -1 or 0 <= hparams.label_smoothing < 1,
        f"--label_smoothing={hparams.label_smoothing:g}: must be from 0 to "
        "below 1 (or -1: chosen on the validation images)")
+  need(hparams.learning_rate_schedule in schedules.CHOICES,
+       f"--learning_rate_schedule={hparams.learning_rate_schedule}: must be "
+       f"one of {', '.join(schedules.CHOICES)}")
   need(hparams.class_sampling in train.SAMPLERS,
        f"--class_sampling={hparams.class_sampling}: must be one of "
        f"{', '.join(train.SAMPLERS)}")

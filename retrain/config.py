@@ -30,6 +30,10 @@ class HParams(NamedTuple):
   # classic tool's training.
   weight_decay: float = -1.0
   label_smoothing: float = 0.0
+  # The new layer's learning rate along its steps (training/schedules.py);
+  # auto: cosine where the search chooses the rate (weight_decay -1),
+  # constant where the flags set it.
+  learning_rate_schedule: str = "auto"
   # Stage 2, fine-tuning the top of the CNN (finetune.py); off when both
   # fine_tune_layers and fine_tune_from are unset.
   fine_tune_layers: int = 0  # The last N weight layers below the bottleneck.

@@ -124,6 +124,14 @@ flags.DEFINE_float("weight_decay", _H.weight_decay,
                    "validation below 1000 validation images). 0 or more: "
                    "that decay at exactly --learning_rate; 0: the classic "
                    "tool's training.")
+flags.DEFINE_enum("learning_rate_schedule", _H.learning_rate_schedule,
+                  ["auto", "cosine", "constant"],
+                  "The new layer's learning rate along the training steps: "
+                  "cosine (from --learning_rate down to nearly 0) or "
+                  "constant (the classic tool's). auto: cosine with "
+                  "--weight_decay=-1 (the search chooses the rate and "
+                  "tries each setting on this schedule), constant when "
+                  "--weight_decay is given.")
 flags.DEFINE_float("label_smoothing", _H.label_smoothing,
                    "Train the new layer on labels smoothed to 1 - s on the "
                    "class and s / classes on each class. -1: chosen among 0 "
@@ -325,6 +333,7 @@ def to_config(f=FLAGS) -> Tuple[RunConfig, HParams, ModelOptions]:
       eval_step_interval=f.eval_step_interval, random_seed=f.random_seed,
       class_sampling=f.class_sampling,
       weight_decay=f.weight_decay, label_smoothing=f.label_smoothing,
+      learning_rate_schedule=f.learning_rate_schedule,
       fine_tune_layers=f.fine_tune_layers,
       fine_tune_from=f.fine_tune_from or "",
       fine_tune_steps=f.fine_tune_steps,

@@ -536,7 +536,8 @@ def write_reports(inputs: Inputs, data: Bottlenecks, layer: TrainedLayer,
       "classes": len(inputs.labels),
       "training": (f"{hparams.how_many_training_steps} steps, batch "
                    f"{hparams.train_batch_size}, learning rate "
-                   f"{layer.regularization.chosen.learning_rate:g}, "
+                   f"{layer.regularization.chosen.learning_rate:g} "
+                   f"({layer.regularization.schedule}), "
                    f"{layer.seconds:.1f} s"),
       "regularization": layer.regularization.describe().split(": ", 1)[1],
       "image folder": config.image_dir,

@@ -12,7 +12,7 @@ import tensorflow as tf
 from retrain import pipeline
 from retrain.config import HParams, ModelOptions
 from retrain.features.sets import LabeledBottlenecks
-from retrain.training import regularization, side_by_side, train
+from retrain.training import regularization, schedules, side_by_side, train
 from tests import helpers
 
 tf1 = tf.compat.v1
@@ -60,10 +60,9 @@ def test_side_by_side_layers_train_as_the_real_training_does():
   xent, accuracy = regularization.held_out(
       train_set.x, train_set.y, val.x, val.y, 3, settings, HP)
   for k, setting in enumerate(settings):
-    w, b = _trained(train_set, val, HP._replace(
-        weight_decay=setting.weight_decay,
-        label_smoothing=setting.label_smoothing,
-        learning_rate=setting.learning_rate))
+    # As the pipeline trains with a choice (on the search's schedule).
+    w, b = _trained(train_set, val, regularization.resolved(
+        HP, regularization.Choice(setting)))
     assert abs(_cross_entropy(val.x, val.y, w, b) - xent[k]) < 2e-3, setting
     assert abs(np.mean(np.argmax(val.x @ w + b, 1) == val.y) -
                accuracy[k]) <= 0.02
@@ -283,3 +282,22 @@ def test_a_choice_is_kept_for_a_run_on_the_same_data(tmp_path):
                                 str(tmp_path))
   assert other.why == "searched"
   assert len(os.listdir(tmp_path / ".regularization")) == 2
+
+
+def test_the_schedule_follows_the_search_unless_set():
+  """auto: cosine where the search chooses the rate, constant where
+  --weight_decay sets it (the classic training, one flag away); a chosen
+  setting keeps the search's schedule; the flag wins over both."""
+  assert schedules.of(HParams()) == "cosine"
+  assert schedules.of(HParams(weight_decay=0.0)) == "constant"
+  assert schedules.of(HParams(weight_decay=0.0,
+                              learning_rate_schedule="cosine")) == "cosine"
+  assert schedules.of(HParams(learning_rate_schedule="constant")) == (
+      "constant")
+  chosen = regularization.resolved(HParams(), regularization.Choice(
+      regularization.Setting(1e-3, 0.0, 0.1)))
+  assert (chosen.weight_decay, chosen.learning_rate,
+          schedules.of(chosen)) == (1e-3, 0.1, "cosine")
+  np.testing.assert_allclose(schedules.shares("cosine", 4),
+                             [1.0, 0.853553, 0.5, 0.146447], atol=1e-6)
+  np.testing.assert_array_equal(schedules.shares("constant", 3), [1, 1, 1])

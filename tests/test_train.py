@@ -1,6 +1,9 @@
 """Batch sampling, the softmax layer and the SGD loop."""
 
+import math
+
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from retrain.config import HParams
@@ -118,8 +121,11 @@ def test_memory_mapped_sets_train_exactly_like_in_memory_ones(tmp_path):
   np.testing.assert_allclose(on_disk[2][1], in_memory[2][1], atol=1e-6)
 
 
-def _numpy_sgd(w, b, train_set, val_set, hparams, class_count=3):
-  """Reference: the same draws as train.train, plain SGD in float64."""
+def _numpy_sgd(w, b, train_set, val_set, hparams, class_count=3,
+               cosine=False):
+  """Reference: the same draws as train.train, plain SGD in float64, at
+  the learning rate throughout or (cosine) at rate * 0.5 * (1 + cos(pi *
+  (step - 1) / steps)) on step 1..steps."""
   rng = np.random.default_rng(hparams.random_seed)
   sampler = train.SAMPLERS[hparams.class_sampling](train_set.y, class_count,
                                                    rng)
@@ -131,13 +137,16 @@ def _numpy_sgd(w, b, train_set, val_set, hparams, class_count=3):
     return e / e.sum(1, keepdims=True)
 
   val_xent = []
-  for step in range(1, hparams.how_many_training_steps + 1):
+  steps = hparams.how_many_training_steps
+  for step in range(1, steps + 1):
     rows = sampler.sample(hparams.train_batch_size)
     x, y = train_set.x[rows].astype(np.float64), train_set.y[rows]
     delta = probs(x, w, b)
     delta[np.arange(len(y)), y] -= 1
-    w = w - hparams.learning_rate * x.T @ delta / len(y)
-    b = b - hparams.learning_rate * delta.mean(0)
+    rate = hparams.learning_rate * (
+        0.5 * (1 + math.cos(math.pi * (step - 1) / steps)) if cosine else 1)
+    w = w - rate * x.T @ delta / len(y)
+    b = b - rate * delta.mean(0)
     if step % hparams.eval_step_interval == 0:
       v = train.sample_subset(len(val_set), hparams.validation_batch_size, rng)
       p = probs(val_set.x[v].astype(np.float64), w, b)
@@ -157,14 +166,16 @@ class _Recorder:
         self.scalars.setdefault(value.tag, []).append(value.simple_value)
 
 
-def test_every_step_and_evaluation_follows_the_previous_update(monkeypatch):
-  # Each step must see the weights of the step before it, and each
-  # evaluation the weights just updated: compare with plain SGD in numpy,
-  # over several chunks (session.runs).
+@pytest.mark.parametrize("schedule", ["constant", "cosine"])
+def test_every_step_and_evaluation_follows_the_previous_update(monkeypatch,
+                                                               schedule):
+  # Each step must see the weights of the step before it, at its own rate
+  # on the schedule, and each evaluation the weights just updated: compare
+  # with plain SGD in numpy, over several chunks (session.runs).
   monkeypatch.setattr(train, "CHUNK_STEPS", 40)
   hp = HParams(how_many_training_steps=100, eval_step_interval=10,
                learning_rate=0.5, train_batch_size=20,
-               validation_batch_size=30)
+               validation_batch_size=30, learning_rate_schedule=schedule)
   train_set, val_set = _blobs(300), _blobs(60, seed=1)
   tg = train.build_training_graph(8, 3, hp)
   with tf.compat.v1.Session(graph=tg.graph) as sess:
@@ -175,7 +186,8 @@ def test_every_step_and_evaluation_follows_the_previous_update(monkeypatch):
     train.train(tg, sess, train_set, val_set, 3, hp,
                 validation_writer=validation)
     w, b = train.final_layer(tg, sess)
-  ref_w, ref_b, ref_xent = _numpy_sgd(w0, b0, train_set, val_set, hp)
+  ref_w, ref_b, ref_xent = _numpy_sgd(w0, b0, train_set, val_set, hp,
+                                      cosine=schedule == "cosine")
   np.testing.assert_allclose(w, ref_w, atol=1e-4)
   np.testing.assert_allclose(b, ref_b, atol=1e-4)
   np.testing.assert_allclose(validation.scalars["cross_entropy"], ref_xent,

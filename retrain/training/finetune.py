@@ -31,6 +31,7 @@ from retrain.features import bottlenecks
 from retrain.features import cut as cuts
 from retrain.features.model import FeatureExtractor
 from retrain.features.sets import LabeledBottlenecks
+from retrain.training import schedules
 from retrain.training import top as tops
 from retrain.training.train import SAMPLERS, sample_subset
 
@@ -55,15 +56,9 @@ class FineTuneParams(NamedTuple):
   weight_decay: float = 0.0  # The loss + decay / 2 * |new layer's W|^2.
 
 
-# The learning rate of step t of T (1-based), as a share of the first's.
-# cosine: 0.5 * (1 + cos(pi * (t - 1) / T)), from 1 down to nearly 0, so
-# the last steps barely move the weights and the last model is not one
-# noisy step's; constant: the rate throughout (before cosine, the default).
-SCHEDULES = {
-    "cosine": lambda t, steps: 0.5 * (1 + np.cos(np.pi * (t - 1) /
-                                                 max(steps, 1))),
-    "constant": lambda t, steps: 1.0,
-}
+# The learning rate of step t of T (1-based), as a share of the first's
+# (schedules.py; cosine by default, constant before).
+SCHEDULES = schedules.SCHEDULES
 
 # Which model stage 2 gives back. last: the model after the last step (the
 # stop, with --fine_tune_patience), if its validation cross entropy is
@@ -227,7 +222,8 @@ def fine_tune(graph_def: tf1.GraphDef, cut: cuts.Cut,
     for step in range(1, params.steps + 1):
       rows = sampler.sample(params.batch_size)
       feed = {vectors: train.take(rows), labels: train.y[rows],
-              rate: params.learning_rate * schedule(step, params.steps)}
+              rate: params.learning_rate * float(schedule(step,
+                                                          params.steps))}
       _, loss, right = sess.run([step_op, xent, correct], feed)
       if step % params.eval_interval == 0 or step == params.steps:
         current = evaluate(sess)

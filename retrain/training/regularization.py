@@ -20,8 +20,10 @@ A few dozen validation images rank the settings by chance (one lucky image
 moves the pick); every image scored once ranks them like the tuned
 logistic regression's inner cross-validation (benchmarks/head_quality.py).
 Each layer trains for the run's steps (at most MAX_SEARCH_STEPS), batch
-size and sampling. The setting with the lowest mean cross entropy wins;
-ties go to the first in the grid, the weaker decay and smaller rate. The
+size and sampling, on the schedule the chosen layer will train on
+(schedules.of: cosine unless --learning_rate_schedule says otherwise).
+The setting with the lowest mean cross entropy wins; ties go to the first
+in the grid, the weaker decay and smaller rate. The
 real training then runs with it on the training images only (on training
 and validation together it was not better: 5-fold test accuracy +0.6 and
 +0.1 point with MobileNet v1 0.75/224 on the dev flowers and the cats and
@@ -42,7 +44,7 @@ import numpy as np
 from cache import memo
 from retrain.config import HParams
 from retrain.features.sets import LabeledBottlenecks
-from retrain.training import side_by_side
+from retrain.training import schedules, side_by_side
 
 # The grid (for a flag left at -1). Weight decay is per example (the loss
 # is the batch's mean cross entropy + wd / 2 * |W|^2).
@@ -74,7 +76,7 @@ MIN_IMAGES = 50
 FALLBACK_DECAY = 1e-2
 
 # Raised when the search changes; part of the kept choices' key.
-VERSION = 2
+VERSION = 3
 MEMO_KIND = "regularization"
 
 
@@ -95,12 +97,13 @@ class Choice:
   scored_on: str = ""  # "5-fold cross-validation of 412 images", ...
   seconds: float = 0.0
   steps: int = 0  # Steps each candidate was trained for.
+  schedule: str = "constant"  # Of the rate (schedules.py), in all of them.
 
   def describe(self) -> str:
     """One log line."""
     chosen = (f"weight decay {self.chosen.weight_decay:g}, learning rate "
-              f"{self.chosen.learning_rate:g}, label smoothing "
-              f"{self.chosen.label_smoothing:g}")
+              f"{self.chosen.learning_rate:g} ({self.schedule}), label "
+              f"smoothing {self.chosen.label_smoothing:g}")
     if not self.why.startswith("searched"):
       return f"Regularization: {chosen} ({self.why})"
     best = self.tried.index(self.chosen)
@@ -120,6 +123,7 @@ class Choice:
   def to_json(self) -> dict:
     return dict(chosen=self.chosen._asdict(), why=self.why,
                 scored_on=self.scored_on, steps=self.steps,
+                schedule=self.schedule,
                 tried=[dict(s._asdict(), cross_entropy=x, accuracy=a)
                        for s, x, a in zip(self.tried, self.cross_entropy,
                                           self.accuracy)])
@@ -131,7 +135,8 @@ class Choice:
     return cls(Setting(**kept["chosen"]), tried,
                tuple(t["cross_entropy"] for t in kept["tried"]),
                tuple(t["accuracy"] for t in kept["tried"]), why=why,
-               scored_on=kept["scored_on"], steps=kept["steps"])
+               scored_on=kept["scored_on"], steps=kept["steps"],
+               schedule=kept["schedule"])
 
 
 def grid(hparams: HParams, smaller: int = 0) -> List[Setting]:
@@ -174,13 +179,14 @@ def choose(train_set: LabeledBottlenecks, validation_set: LabeledBottlenecks,
   settings, folds = _plan(hparams, class_count, train_set.x.shape[1],
                           len(validation_set))
   if len(settings) == 1:
-    return Choice(settings[0], why="set by flags")
+    return Choice(settings[0], why="set by flags",
+                  schedule=schedules.of(hparams))
   if len(train_set) + len(validation_set) < MIN_IMAGES or not len(train_set):
     return Choice(Setting(
         hparams.weight_decay if hparams.weight_decay >= 0 else FALLBACK_DECAY,
         max(hparams.label_smoothing, 0.0), hparams.learning_rate),
                   why=f"fewer than {MIN_IMAGES} training and validation "
-                  "images to choose it on")
+                  "images to choose it on", schedule=schedules.of(hparams))
   start = time.monotonic()
   rng = np.random.default_rng(hparams.random_seed)
   x, y = _rows(train_set, MAX_SEARCH_ROWS, rng)
@@ -189,7 +195,8 @@ def choose(train_set: LabeledBottlenecks, validation_set: LabeledBottlenecks,
   key = None
   if memo_root:  # The same inputs as a run before: its choice.
     key = memo.digest([VERSION, [list(t) for t in settings], folds,
-                       class_count, steps, hparams.train_batch_size,
+                       class_count, steps, schedules.of(hparams),
+                       hparams.train_batch_size,
                        hparams.class_sampling, hparams.random_seed, x, y,
                        vx, vy])
     kept = memo.load(memo_root, MEMO_KIND, key)
@@ -214,7 +221,8 @@ def choose(train_set: LabeledBottlenecks, validation_set: LabeledBottlenecks,
   choice = Choice(settings[best], tuple(settings),
                   tuple(float(v) for v in xent),
                   tuple(float(v) for v in accuracy), scored_on=scored_on,
-                  seconds=time.monotonic() - start, steps=steps)
+                  seconds=time.monotonic() - start, steps=steps,
+                  schedule=schedules.of(hparams))
   if key is not None:
     memo.store(memo_root, MEMO_KIND, key, choice.to_json())
   return choice
@@ -224,7 +232,8 @@ def resolved(hparams: HParams, choice: Choice) -> HParams:
   """hparams with the chosen weight decay, label smoothing and rate."""
   return hparams._replace(weight_decay=choice.chosen.weight_decay,
                           label_smoothing=choice.chosen.label_smoothing,
-                          learning_rate=choice.chosen.learning_rate)
+                          learning_rate=choice.chosen.learning_rate,
+                          learning_rate_schedule=schedules.of(hparams))
 
 
 def _rows(labeled: LabeledBottlenecks, limit: int, rng: np.random.Generator
@@ -252,7 +261,8 @@ def _train(x, y, class_count, settings, hparams, steps, fold=None,
   return side_by_side.train_layers(
       x, y, rows, class_count, len(settings) * copies,
       column("learning_rate"), column("weight_decay"),
-      column("label_smoothing"), hparams.random_seed, fold, held_out_folds)
+      column("label_smoothing"), hparams.random_seed, fold, held_out_folds,
+      schedules.shares(schedules.of(hparams), steps))
 
 
 def held_out(x: np.ndarray, y: np.ndarray, vx: np.ndarray, vy: np.ndarray,

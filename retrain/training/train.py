@@ -16,6 +16,7 @@ import tensorflow as tf
 
 from retrain.config import HParams
 from retrain.features.sets import LabeledBottlenecks
+from retrain.training import schedules
 
 tf1 = tf.compat.v1
 
@@ -40,6 +41,7 @@ class TrainingGraph(NamedTuple):
   validation_y: tf.Tensor  # placeholder int64 [m]
   load_data: tf.Operation
   step_indices: tf.Tensor  # placeholder int32 [steps, batch], rows of train_x
+  step_rates: tf.Tensor  # placeholder float32 [steps], each step's rate
   evaluate_after: tf.Tensor  # placeholder bool [steps]: evaluate after step?
   validation_indices: tf.Tensor  # placeholder int32 [evaluations, v], rows
   # of validation_x; each an [evaluations] tensor: train_cross_entropy,
@@ -109,6 +111,7 @@ def build_training_graph(bottleneck_size: int, class_count: int,
       load_data = tf.group(*[v.initializer for v in (data_x, data_y, data_vx,
                                                      data_vy)])
       step_indices = tf1.placeholder(tf.int32, [None, None], "step_indices")
+      step_rates = tf1.placeholder(tf.float32, [None], "step_rates")
       evaluate_after = tf1.placeholder(tf.bool, [None], "evaluate_after")
       validation_indices = tf1.placeholder(tf.int32, [None, None],
                                            "validation_indices")
@@ -116,7 +119,6 @@ def build_training_graph(bottleneck_size: int, class_count: int,
     names = ("train_cross_entropy", "train_accuracy",
              "validation_cross_entropy", "validation_accuracy")
 
-    learning_rate = tf.constant(hparams.learning_rate, tf.float32)
     loss_of = training_loss(class_count, max(hparams.label_smoothing, 0.0),
                             max(hparams.weight_decay, 0.0))
 
@@ -124,15 +126,16 @@ def build_training_graph(bottleneck_size: int, class_count: int,
     # step i+1 reads what step i computed, by data dependence, so steps are
     # ordered and runs repeat exactly (a variable updated inside the loop may
     # be read by the next iteration before the update lands). Plain SGD:
-    # w <- w - learning_rate * dloss/dw, the loss being the cross entropy
-    # (with label smoothing and weight decay if set: training_loss).
+    # w <- w - rate * dloss/dw, the rate being the step's (step_rates: the
+    # learning rate on its schedule), the loss the cross entropy (with
+    # label smoothing and weight decay if set: training_loss).
     def body(i, k, w, b, arrays):
       rows = step_indices[i]
       labels = tf.gather(data_y, rows)
       logits, xent, acc = metrics(tf.gather(data_x, rows), labels, w, b)
       grad_w, grad_b = tf.gradients(loss_of(logits, labels, xent, w), [w, b])
-      new_w = w - learning_rate * grad_w
-      new_b = b - learning_rate * grad_b
+      new_w = w - step_rates[i] * grad_w
+      new_b = b - step_rates[i] * grad_b
 
       def evaluate():
         vrows = validation_indices[k]
@@ -165,7 +168,7 @@ def build_training_graph(bottleneck_size: int, class_count: int,
   return TrainingGraph(graph, bottleneck_input, ground_truth, weights, biases,
                        final_tensor, cross_entropy, accuracy, init, saver,
                        train_x, train_y, validation_x, validation_y,
-                       load_data, step_indices, evaluate_after,
+                       load_data, step_indices, step_rates, evaluate_after,
                        validation_indices, run_steps)
 
 
@@ -264,6 +267,8 @@ def train(tg: TrainingGraph, session: tf1.Session, train_set: LabeledBottlenecks
     _load(tg, session, train_set, validation_set)
   history = []
   steps = hparams.how_many_training_steps
+  rates = hparams.learning_rate * schedules.shares(
+      schedules.of(hparams), steps)
   every = hparams.eval_step_interval
   done = 0
   while done < steps:
@@ -284,6 +289,7 @@ def train(tg: TrainingGraph, session: tf1.Session, train_set: LabeledBottlenecks
                                        validation_set, val_rows)
     out = session.run(tg.run_steps, {
         tg.step_indices: step_rows.astype(np.int32),
+        tg.step_rates: rates[done:end],
         tg.evaluate_after: np.isin(np.arange(done + 1, end + 1), eval_steps),
         tg.validation_indices: val_rows.astype(np.int32)})
     for k, step in enumerate(eval_steps):

@@ -119,11 +119,14 @@ flags.DEFINE_enum("class_sampling", _H.class_sampling,
 flags.DEFINE_float("weight_decay", _H.weight_decay,
                    "L2 penalty on the new layer's weights (the loss adds "
                    "weight_decay / 2 * |W|^2 to the mean cross entropy). "
-                   "-1: chosen among 0, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1 with the "
-                   "learning rate by held-out cross entropy (cross-"
-                   "validation below 1000 validation images). 0 or more: "
-                   "that decay at exactly --learning_rate; 0: the classic "
-                   "tool's training.")
+                   "-1: chosen among 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1 by "
+                   "held-out cross entropy of each decay's optimal layer "
+                   "(cross-validation below 1000 validation images, an "
+                   "image and its augmented copies in one fold), the "
+                   "learning rate then 1 or 10 x --learning_rate, the "
+                   "largest stable at that optimum. 0 or more: that decay "
+                   "at exactly --learning_rate; 0: the classic tool's "
+                   "training.")
 flags.DEFINE_enum("learning_rate_schedule", _H.learning_rate_schedule,
                   ["auto", "cosine", "constant"],
                   "The new layer's learning rate along the training steps: "

@@ -53,18 +53,24 @@ def batches(y: np.ndarray, class_count: int, hparams: HParams, steps: int,
                    for _ in range(steps)]).astype(np.int32)
 
 
-def fold_of(y: np.ndarray, folds: int, rng: np.random.Generator
-            ) -> np.ndarray:
+def fold_of(y: np.ndarray, folds: int, rng: np.random.Generator,
+            group: Optional[np.ndarray] = None) -> np.ndarray:
   """int64 [n]: each row's cross-validation fold (0 .. folds - 1),
-  every class spread evenly over them."""
-  out = np.empty(len(y), np.int64)
+  every class spread evenly over them. group: int [n], rows that must share
+  a fold (an image and its augmented copies); default: each row alone."""
+  if group is None:
+    group = np.arange(len(y))
+  # One entry per group (its first row's label), folded as rows were.
+  first, inverse = np.unique(group, return_index=True, return_inverse=True)[1:]
+  labels = np.asarray(y)[first]
+  out = np.empty(len(first), np.int64)
   start = 0
-  for c in np.unique(y):
-    where = np.flatnonzero(y == c)
+  for c in np.unique(labels):
+    where = np.flatnonzero(labels == c)
     where = where[rng.permutation(len(where))]
     out[where] = (np.arange(len(where)) + start) % folds
     start += len(where)  # Folds take turns across classes too.
-  return out
+  return out[inverse.ravel()]
 
 
 def _per_layer(value: Union[float, Sequence[float]], k: int) -> np.ndarray:

@@ -15,13 +15,17 @@ shared-core bound 1/(1/forward + 1/(decode x cores)) is printed too),
 retrain's extraction throughput in steady state and end to end (cold cache)
 as a share of both, the warm cache load time, the time of
 4000 training steps, the whole command's wall time cold and warm beside the
-TensorFlow import time, and peak RSS. With --classic, TensorFlow's classic
+TensorFlow import time, and peak RSS; then the cold command's phases (its
+"Phases:" log line: model load, extraction, audit, search, training,
+export, reports) and its ratio to its floor (the import, the images at the
+extraction rate the command logged, and one second). With --classic, TensorFlow's classic
 frozen-graph retrain.py (tensorflow-for-poets, --architecture given by
 --classic_architecture) runs on the same images under a tf.compat.v1 alias,
 and the ratios are printed.
 """
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -45,6 +49,10 @@ flags.DEFINE_bool("inception_sized", False, "Measure an Inception-v3-sized "
 flags.DEFINE_integer("max_images", 0, "Use only this many photos (spread "
                      "over the classes; 0: all).")
 FLAGS = flags.FLAGS
+
+# A cold run's floor: the TensorFlow import, the images at the rate the
+# run extracts them, and about this many seconds for everything else.
+FLOOR_EXTRA = 1.0
 
 # Runs the classic tool on current TensorFlow: the tf.compat.v1 API under
 # the name tensorflow, and graph_util's freezing function where it used it.
@@ -79,8 +87,9 @@ _RSS_WRAPPER = (
     "  code = sys.argv[1]; sys.argv = ['-c'] + sys.argv[2:]; exec(code)\n")
 
 
-def _child_run(args, env=None):
-  """(wall seconds, peak RSS MB) of `python ARGS...` in a fresh process."""
+def _child_run(args, env=None, log=None):
+  """(wall seconds, peak RSS MB) of `python ARGS...` in a fresh process;
+  its stderr appended to the list `log` if given."""
   assert args[0] == sys.executable
   rss_file = tempfile.mktemp(prefix="retrain_rss_")
   env = dict(env or os.environ, RSS_OUT=rss_file)
@@ -94,7 +103,34 @@ def _child_run(args, env=None):
   with open(rss_file) as f:
     peak = int(f.read()) / 1024
   os.remove(rss_file)
+  if log is not None:
+    log.append(proc.stderr)
   return wall, peak
+
+
+def _phases(stderr: str, import_time: float, wall: float, images: int):
+  """Rows of a cold command's phases (its "Phases:" log line) and its ratio
+  to the floor: the TensorFlow import + the images at the extraction rate
+  the run logged + FLOOR_EXTRA seconds."""
+  from retrain.reports import phases  # pylint: disable=g-import-not-at-top
+  line = [l for l in stderr.splitlines() if "Phases: " in l][-1]
+  taken = phases.parse(line)
+  rates = re.findall(r"Bottlenecks \(\d+ cached, \d+ new\): (\d+)/\1, "
+                     r"(\d+)/s", stderr)
+  rate = float(rates[-1][1])
+  rows = [["cold command: TensorFlow import", f"{import_time:.2f} s", ""]]
+  for name, seconds in taken.items():
+    rows.append([f"cold command: {name}", f"{seconds:.2f} s",
+                 f"{100 * seconds / wall:.0f}% of the command"])
+  rest = wall - import_time - sum(taken.values())
+  rows.append(["cold command: the rest (start, flags, exit)",
+               f"{rest:.2f} s", ""])
+  floor = import_time + images / rate + FLOOR_EXTRA
+  rows.append(["cold command / floor (import + images at the logged "
+               f"extraction rate {rate:.0f}/s + {FLOOR_EXTRA:g} s)",
+               f"{wall / floor:.2f}x", f"floor {floor:.1f} s, command "
+               f"{wall:.1f} s"])
+  return rows
 
 
 def _classic_inception_dir(graph: str, folder: str) -> str:
@@ -226,7 +262,8 @@ def main(_):
              f"--output_labels={work}/out/labels.txt",
              f"--summaries_dir={work}/summaries",
              f"--checkpoint_path={work}/ckpt/c"]
-  cold_wall, cold_rss = _child_run(command, env)
+  cold_log = []
+  cold_wall, cold_rss = _child_run(command, env, cold_log)
   warm_wall, warm_rss = _child_run(command, env)
   rows.append(["TensorFlow import", f"{import_time:.1f} s", ""])
   rows.append(["whole command, cold cache", f"{cold_wall:.1f} s",
@@ -234,6 +271,7 @@ def main(_):
   rows.append(["whole command, warm cache", f"{warm_wall:.1f} s",
                f"import + {warm_wall - import_time:.1f} s; peak RSS "
                f"{warm_rss:.0f} MB"])
+  rows += _phases(cold_log[0], import_time, cold_wall, len(paths))
   if FLAGS.classic:
     classic_work = os.path.join(work, "classic")
     model_dir = os.path.dirname(model_args[0].split("=", 1)[1])

@@ -34,7 +34,7 @@ from retrain.features import storage  # pylint: disable=unused-import  (gs://, r
 from retrain.features.extract import ImageDecoder
 from retrain.features.model import FeatureExtractor, load_feature_extractor
 from retrain.features.sets import LabeledBottlenecks
-from retrain.reports import report, report_html
+from retrain.reports import phases, report, report_html
 from retrain.reports.progress import Progress
 from retrain.training import finetune, regularization, train
 
@@ -128,27 +128,35 @@ def run(config: RunConfig, hparams: HParams = HParams(),
         model_options: ModelOptions = ModelOptions()) -> RunResult:
   """Retrains and exports. Raises UserError for bad input, before writing."""
   check_config(config, hparams)
-  inputs = load_inputs(config, model_options, hparams)
-  data = compute_bottlenecks(inputs, config, hparams.random_seed)
-  audit = audit_images(inputs, data, config, hparams)
+  clock = phases.Phases()
+  inputs = clock.timed("model load", load_inputs, config, model_options,
+                       hparams)
+  data = clock.timed("extraction", compute_bottlenecks, inputs, config,
+                     hparams.random_seed)
+  audit = clock.timed("audit", audit_images, inputs, data, config, hparams)
   data, audit = act_on_audit(data, audit, config)
   template = _in_background(export.cached_inference_graph_template,
                             inputs.fx, config.final_tensor_name,
                             config.bottleneck_dir)
+  choice = clock.timed("search", choose_regularization, inputs, data, config,
+                       hparams)
   with Summaries(config.summaries_dir) as summaries:
-    layer = train_layer(inputs, data, config, hparams, template, summaries)
-    tuned = fine_tune_top(inputs, layer, config, hparams, summaries)
+    layer = clock.timed("training", train_layer, inputs, data, config,
+                        hparams, template, summaries, choice)
+    tuned = clock.timed("fine-tuning", fine_tune_top, inputs, layer, config,
+                        hparams, summaries)
     final = final_model(inputs, layer, tuned, template, config)
     evaluation = evaluate(inputs.labels, final.test, layer, config,
                           summaries, hparams.how_many_training_steps, audit)
   # The model first: a run that stops (a full disk) leaves no reports
   # without the model they describe.
-  outputs = layer.outputs + export_model(inputs, data, final, evaluation,
-                                         config, hparams)
-  outputs += write_reports(inputs, data, layer, tuned, evaluation, config,
-                           hparams, audit)
+  outputs = layer.outputs + clock.timed("export", export_model, inputs, data,
+                                        final, evaluation, config, hparams)
+  outputs += clock.timed("reports", write_reports, inputs, data, layer, tuned,
+                         evaluation, config, hparams, audit, clock.taken())
   for path in outputs:
     logging.info("Wrote %s", path)
+  logging.info("%s", clock.describe())
   return RunResult(
       inputs.labels, evaluation and evaluation["accuracy"], final.test.paths,
       final.test.truth, final.test.probabilities, layer.history,
@@ -329,21 +337,36 @@ class Summaries:
         writer.close()
 
 
+def choose_regularization(inputs: Inputs, data: Bottlenecks,
+                          config: RunConfig, hparams: HParams
+                          ) -> regularization.Choice:
+  """The new layer's weight decay, learning rate and label smoothing: the
+  flags', or chosen on held-out images (training/regularization.py); a
+  choice kept in the cache folder is read. Logged."""
+  choice = regularization.choose(data.sets[images.TRAINING],
+                                 data.sets[images.VALIDATION],
+                                 len(inputs.labels), hparams,
+                                 config.bottleneck_dir)
+  logging.info("%s", choice.describe())
+  return choice
+
+
 def train_layer(inputs: Inputs, data: Bottlenecks, config: RunConfig,
                 hparams: HParams,
                 template: "concurrent.futures.Future[tf1.GraphDef]",
-                summaries: Summaries) -> TrainedLayer:
-  """Trains the new softmax layer on the bottlenecks; predicts the test set.
+                summaries: Summaries,
+                choice: Optional[regularization.Choice] = None
+                ) -> TrainedLayer:
+  """Trains the new softmax layer on the bottlenecks with the regularization
+  choice (made here when not given); predicts the test set.
 
   Stores intermediate graphs (filled into `template`) and checkpoints as
   configured.
   """
+  if choice is None:
+    choice = choose_regularization(inputs, data, config, hparams)
   start = time.monotonic()
   class_count = len(inputs.labels)
-  choice = regularization.choose(data.sets[images.TRAINING],
-                                 data.sets[images.VALIDATION], class_count,
-                                 hparams, config.bottleneck_dir)
-  logging.info("%s", choice.describe())
   hparams = regularization.resolved(hparams, choice)
   tg = train.build_training_graph(inputs.fx.bottleneck_size, class_count,
                                   hparams, config.final_tensor_name)
@@ -506,11 +529,12 @@ def write_reports(inputs: Inputs, data: Bottlenecks, layer: TrainedLayer,
                   tuned: Optional[finetune.Stage],
                   evaluation: Optional[Dict[str, object]], config: RunConfig,
                   hparams: HParams,
-                  audit: Optional[audit_findings.Audit] = None) -> List[str]:
+                  audit: Optional[audit_findings.Audit] = None,
+                  seconds: Optional[Dict[str, float]] = None) -> List[str]:
   """audit.json, report.json, report.txt, report.html (and the confusion
   matrix plot) beside --output_graph; no report without test images. With
   fine-tuning, both stages' validation and test accuracy, steps and
-  time."""
+  time; `seconds`: the run's phases so far (report.json "phases")."""
   folder = fs.dirname(fs.abspath(config.output_graph))
   audited: List[str] = []
   if audit is not None and config.audit:
@@ -524,6 +548,8 @@ def write_reports(inputs: Inputs, data: Bottlenecks, layer: TrainedLayer,
     return audited
   if tuned is not None:
     evaluation = dict(evaluation, stages=_stages(layer, tuned))
+  if seconds:
+    evaluation = dict(evaluation, phases=dict(seconds))
   written = report.write_reports(folder, evaluation)
   sizes = data.sizes
   facts = {

@@ -15,6 +15,7 @@ from retrain.config import HParams, ModelOptions
 from retrain.audit import findings as audit_findings
 from retrain.features import bottlenecks
 from retrain.features.sets import LabeledBottlenecks
+from retrain.reports import phases
 from retrain.training import (regularization, schedules, side_by_side,
                               solver, train)
 from tests import helpers
@@ -322,7 +323,13 @@ def test_a_run_logs_and_reports_the_choice(small_models, color_images,
                ModelOptions(graph=small_models["inception"], tfhub_module=""))
   folder = os.path.dirname(config.output_graph)
   with open(os.path.join(folder, "report.json")) as f:
-    found = json.load(f)["regularization"]
+    written = json.load(f)
+  found = written["regularization"]
+  # Where the time went (the search its own phase); the audit is off in
+  # library runs of the tests, fine-tuning was not asked for.
+  assert list(written["phases"]) == ["model load", "extraction", "search",
+                                     "training", "export"]
+  assert all(s > 0 for s in written["phases"].values())
   # 72 photos: chosen by cross-validation of the training and validation
   # ones; every setting tried is in the report.
   assert found["why"] == "searched", found
@@ -362,6 +369,21 @@ def test_a_choice_is_kept_for_a_run_on_the_same_data(tmp_path):
                                 str(tmp_path))
   assert other.why == "searched"
   assert len(os.listdir(tmp_path / ".regularization")) == 2
+
+
+def test_phases_are_one_log_line_that_reads_back():
+  clock = phases.Phases()
+  assert clock.timed("search", lambda a, b=0: a + b, 1, b=2) == 3
+  assert 0 <= clock.seconds["search"] < 1
+  clock.add("search", 0.01)
+  clock.add("training", 1.25)
+  clock.add("training", 0.5)
+  clock.add("fine-tuning", 1e-5)  # Did nothing: left out.
+  line = clock.describe()
+  assert line.startswith("Phases: search 0.01 s, training 1.75 s")
+  assert "fine-tuning" not in line
+  assert phases.parse("I1205 pipeline.py:159] " + line) == {
+      "search": 0.01, "training": 1.75}
 
 
 def test_the_schedule_follows_the_search_unless_set():

@@ -1,6 +1,6 @@
 """python -m retrain --image_dir=DIR: retrain a classifier on a photo folder.
 
-Exit status: 0 done, 2 bad input (one line on stderr), 130 interrupted.
+Exit statuses: cli.EXIT_STATUSES (--help prints them).
 """
 
 from retrain import cli
@@ -22,7 +22,24 @@ def main(argv) -> int:
   return cli.run_main(job, "retrain")
 
 
-run = cli.absl_entry(main, "retrain")
+USAGE = """\
+retrain: a folder of labeled photos in, a deployable image classifier out.
+
+  python -m retrain --image_dir=photos/ [flags]     (or: retrain ...)
+
+photos/<label>/*.jpg, one sub-folder per class. Writes the classifier
+(--output_graph, --output_labels, and the formats asked for below), its
+report and audit beside --output_graph, and caches every photo's
+bottleneck in --bottleneck_dir, so the next run on these photos starts
+from there.
+"""
+
+
+def help_text() -> str:
+  return retrain_flags.GROUPS.help_text(USAGE)
+
+
+run = cli.absl_entry(main, "retrain", help_text=help_text)
 
 if __name__ == "__main__":
   run()

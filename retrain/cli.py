@@ -1,9 +1,11 @@
 """What both command-line tools share: absl entry, one-line errors."""
 
 import errno
+import re
 import signal
 import sys
-from typing import Callable, Optional
+import textwrap
+from typing import Callable, List, Optional, Sequence, Tuple
 
 from absl import app, flags, logging
 
@@ -15,6 +17,109 @@ from retrain.tfimport import freeze_imports, quiet_tensorflow
 # Exit status of a fault of the machine (full disk, read-only or vanished
 # folder, no permission), as README.md lists it.
 ENVIRONMENT_FAULT = 3
+
+# Every exit status of both tools, as README.md lists them (a test checks
+# that the two agree) and --help prints them.
+EXIT_STATUSES = (
+    (0, "done"),
+    (1, "a remote storage service failing mid-run (label_image: no image "
+        "could be classified)"),
+    (2, "bad input: one line on stderr says what is wrong and what to do"),
+    (ENVIRONMENT_FAULT, "a fault of the machine (a full disk or quota, a "
+                        "read-only, vanished or forbidden folder): one line "
+                        "names the path and what to do"),
+    (130, "interrupted (Ctrl-C or SIGTERM)"),
+)
+
+
+class FlagGroups:
+  """A tool's flags, grouped where they are defined: `group(title)` before
+  a group's DEFINE calls, `end()` after the last; every flag defined in
+  between belongs to that group, in definition order (the one source of
+  --help and of the README's flag tables)."""
+
+  def __init__(self, flag_values=None):
+    self.flag_values = flag_values or flags.FLAGS
+    self._marks: List[Tuple[str, int]] = []
+    self._end: Optional[int] = None
+
+  def _count(self) -> int:
+    return len(list(self.flag_values))
+
+  def group(self, title: str) -> None:
+    self._marks.append((title, self._count()))
+
+  def end(self) -> None:
+    self._end = self._count()
+
+  def groups(self) -> List[Tuple[str, List[str]]]:
+    """[(title, [flag name, ...])] in definition order."""
+    names = list(self.flag_values)
+    bounds = [start for _, start in self._marks[1:]] + [self._end]
+    return [(title, names[start:stop])
+            for (title, start), stop in zip(self._marks, bounds)]
+
+  def help_text(self, usage: str) -> str:
+    """--help: the usage lines, each group's flags with their defaults, the
+    exit statuses."""
+    lines = [usage.rstrip(), ""]
+    for title, names in self.groups():
+      lines.append(f"{title}:")
+      for name in names:
+        lines += _flag_help(self.flag_values[name])
+      lines.append("")
+    lines.append("Exit status:")
+    for code, what in EXIT_STATUSES:
+      lines += textwrap.wrap(what, 78, initial_indent=f"  {code:<4} ",
+                             subsequent_indent=" " * 7)
+    lines += ["", "--version prints the versions; --helpfull also lists "
+              "absl's own flags (logging, debugging)."]
+    return "\n".join(lines) + "\n"
+
+
+def _flag_help(flag) -> List[str]:
+  """A flag's lines in --help: name and default, then its help, wrapped."""
+  if flag.boolean:
+    head = f"  --[no]{flag.name} (default: {str(flag.default).lower()})"
+  elif flag.default in (None, "", []):
+    head = f"  --{flag.name}"
+  else:
+    value = flag.default
+    if isinstance(value, (list, tuple)):
+      value = ",".join(str(v) for v in value)
+    head = f"  --{flag.name}={value}"
+  # absl's own suffix of a repeatable flag, said shorter.
+  text = re.sub(r";\s+repeat this option to specify a list of values$",
+                " (repeatable)", flag.help or "")
+  return [head] + textwrap.wrap(text, 78, initial_indent=" " * 6,
+                                subsequent_indent=" " * 6)
+
+
+def versions(program: str) -> str:
+  """--version: this tool's version (from the installed package's
+  metadata), TensorFlow's and Python's, without importing TensorFlow."""
+  import importlib.metadata  # pylint: disable=g-import-not-at-top
+  import platform  # pylint: disable=g-import-not-at-top
+
+  def version(package: str) -> str:
+    try:
+      return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+      return "not installed"
+  return (f"{program} {version('retrain')}\n"
+          f"TensorFlow {version('tensorflow')}\n"
+          f"Python {platform.python_version()}\n")
+
+
+def _asks(argv: Sequence[str], names: Sequence[str]) -> bool:
+  """Whether argv (after the program, before a lone --) holds one of
+  `names` as a whole argument."""
+  for arg in argv[1:]:
+    if arg == "--":
+      return False
+    if arg in names:
+      return True
+  return False
 
 # What to do, by errno, when the machine refuses a read or write.
 _FAULT_ADVICE = {
@@ -93,14 +198,18 @@ def run_main(main: Callable[[], int], program: str) -> int:
 
 
 def absl_entry(main: Callable[[list], int], program: str,
-               tensorflow_optional: bool = False) -> Callable[[], None]:
+               tensorflow_optional: bool = False,
+               help_text: Optional[Callable[[], str]] = None
+               ) -> Callable[[], None]:
   """A console-script entry point running `main` under absl.
 
-  Flags are parsed before TensorFlow is imported, so a bad flag (unknown
-  name, wrong type or value) is one line on stderr and exit status 2, like
-  every other input error, under any logging environment. TensorFlow is then
-  imported quietly (see quiet_tensorflow); with `tensorflow_optional` a
-  missing TensorFlow is left for `main` to handle.
+  -h, --help (and --helpshort) print help_text(), --helpfull every flag
+  (absl's own included) by module, --version the versions; each exits 0
+  at once. Flags are parsed before TensorFlow is imported, so a bad
+  flag (unknown name, wrong type or value) is one line on stderr and exit
+  status 2, like every other input error, under any logging environment.
+  TensorFlow is then imported quietly (see quiet_tensorflow); with
+  `tensorflow_optional` a missing TensorFlow is left for `main` to handle.
   """
   def parse(argv):
     try:
@@ -116,9 +225,24 @@ def absl_entry(main: Callable[[list], int], program: str,
     return main(argv)
 
   def entry() -> None:
+    if help_text is not None and _asks(sys.argv, HELP_ARGUMENTS):
+      sys.stdout.write(help_text())
+      sys.exit(0)
+    if help_text is not None and _asks(sys.argv, ("--helpfull",)):
+      sys.stdout.write(help_text().split("\n\n", 1)[0] + "\n\nEvery flag, "
+                       "absl's own included, by the module defining it:\n\n"
+                       + flags.FLAGS.get_help() + "\n")
+      sys.exit(0)
+    if _asks(sys.argv, ("--version",)):
+      sys.stdout.write(versions(program))
+      sys.exit(0)
     signal.signal(signal.SIGTERM, _terminate)
     app.run(quiet_then_main, flags_parser=parse)
   return entry
+
+
+# What asks for a tool's own help (absl's --helpfull lists everything).
+HELP_ARGUMENTS = ("-h", "--help", "-help", "--helpshort", "-?")
 
 
 def set_verbosity(name: str) -> None:

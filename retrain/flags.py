@@ -9,6 +9,7 @@ from typing import Optional, Tuple
 
 from absl import flags
 
+from retrain import cli
 from retrain.config import HParams, ModelOptions, RunConfig
 from retrain.errors import UserError
 
@@ -16,7 +17,12 @@ _H = HParams()
 _M = ModelOptions()
 _R = RunConfig(image_dir="")
 
-# Data.
+# The flags by what a user is doing, in the order they meet it: --help
+# prints them by these groups, and README.md's "Flags" tables follow them
+# (tests/test_cli.py checks both).
+GROUPS = cli.FlagGroups()
+
+GROUPS.group("The photos and their split")
 flags.DEFINE_string("image_dir", "", "Folder with one sub-folder of images per "
                     "class (JPEG, PNG, GIF, BMP, WebP).")
 flags.DEFINE_integer("testing_percentage", _R.testing_percentage,
@@ -24,7 +30,7 @@ flags.DEFINE_integer("testing_percentage", _R.testing_percentage,
 flags.DEFINE_integer("validation_percentage", _R.validation_percentage,
                      "Percentage of images in the validation set.")
 
-# Model.
+GROUPS.group("The pretrained model")
 flags.DEFINE_string("tfhub_module", _M.tfhub_module,
                     "TF-Hub image feature vector module: a URL (downloaded "
                     "and cached by tensorflow_hub; TFHUB_CACHE_DIR is "
@@ -63,38 +69,7 @@ flags.DEFINE_enum("preprocessing", _M.preprocessing, ["fast", "exact"],
                   "full-size decode, always antialiased (slower). Exports "
                   "use the same rule; changing it recomputes bottlenecks.")
 
-# Bottleneck cache.
-flags.DEFINE_string("bottleneck_dir", _R.bottleneck_dir,
-                    "Folder of the bottleneck cache.")
-flags.DEFINE_integer("bottleneck_batch_size", _R.bottleneck_batch_size,
-                     "Images per CNN run when computing bottlenecks "
-                     "(default: chosen for the model and machine by timing "
-                     "the first batches of 8, 16, 32 and 64, and logged).")
-flags.DEFINE_bool("only_bottlenecks", _R.only_bottlenecks,
-                  "Compute and cache the bottlenecks (and augmented copies) "
-                  "of every image, then stop: no training, no outputs. A "
-                  "later run trains from the cache.")
-flags.DEFINE_string("beam_runner", _R.beam_runner,
-                    "Compute the bottlenecks that are not cached yet (and "
-                    "augmented copies and fine-tuning cut activations) with "
-                    "an Apache Beam pipeline on this runner: DirectRunner, "
-                    "DaskRunner, DataflowRunner, FlinkRunner, SparkRunner, "
-                    "PortableRunner, PrismRunner. Needs pip install "
-                    "'retrain[beam]' ('retrain[dask]' for DaskRunner). "
-                    "Default: in this process.")
-flags.DEFINE_string("beam_options", _R.beam_options,
-                    "Beam pipeline options for --beam_runner, as one string, "
-                    "e.g. \"--direct_running_mode=multi_processing "
-                    "--direct_num_workers=2\", \"--project=P --region=R "
-                    "--temp_location=gs://B/tmp --setup_file=./setup.py\" or "
-                    "\"--dask_client_address=HOST:PORT\" (without it, "
-                    "DaskRunner starts a local cluster).")
-flags.DEFINE_float("max_in_memory_mb", _R.max_in_memory_mb,
-                   "Bottlenecks larger than this stay on disk (memory-"
-                   "mapped from the cache index) during training; 0: a "
-                   "quarter of physical memory.")
-
-# Training.
+GROUPS.group("Training the new layer (and the regularization search)")
 flags.DEFINE_integer("how_many_training_steps", _H.how_many_training_steps,
                      "How many training steps to run.")
 flags.DEFINE_float("learning_rate", _H.learning_rate,
@@ -141,7 +116,22 @@ flags.DEFINE_float("label_smoothing", _H.label_smoothing,
                    "and 0.1 by held-out cross entropy (with --weight_decay, "
                    "in one search).")
 
-# Fine-tuning (stage 2).
+GROUPS.group("Augmentation (distorted copies of the training photos)")
+flags.DEFINE_bool("flip_left_right", _R.flip_left_right,
+                  "Distort training images by mirroring half of them.")
+flags.DEFINE_integer("random_crop", _R.random_crop,
+                     "Distort by cropping away up to this percent margin.")
+flags.DEFINE_integer("random_scale", _R.random_scale,
+                     "Distort by enlarging up to this percent.")
+flags.DEFINE_integer("random_brightness", _R.random_brightness,
+                     "Distort by scaling brightness by up to +- this "
+                     "percent.")
+flags.DEFINE_integer("augmentation_copies", _R.augmentation_copies,
+                     "Distorted copies of each training image, each with "
+                     "its own cached bottleneck (0: 5 when a distortion flag "
+                     "is set, else none).")
+
+GROUPS.group("Fine-tuning the top of the CNN (stage 2)")
 flags.DEFINE_integer("fine_tune_layers", _H.fine_tune_layers,
                      "After training the new layer, also train the last N "
                      "weight layers of the CNN below the bottleneck (conv, "
@@ -177,42 +167,7 @@ flags.DEFINE_float("fine_tune_weight_decay", _H.fine_tune_weight_decay,
                    "stage 1's, as chosen or given by --weight_decay; 0: "
                    "none).")
 
-# Augmentation.
-flags.DEFINE_bool("flip_left_right", _R.flip_left_right,
-                  "Distort training images by mirroring half of them.")
-flags.DEFINE_integer("random_crop", _R.random_crop,
-                     "Distort by cropping away up to this percent margin.")
-flags.DEFINE_integer("random_scale", _R.random_scale,
-                     "Distort by enlarging up to this percent.")
-flags.DEFINE_integer("random_brightness", _R.random_brightness,
-                     "Distort by scaling brightness by up to +- this "
-                     "percent.")
-flags.DEFINE_integer("augmentation_copies", _R.augmentation_copies,
-                     "Distorted copies of each training image, each with "
-                     "its own cached bottleneck (0: 5 when a distortion flag "
-                     "is set, else none).")
-flags.DEFINE_bool("audit", _R.audit,
-                  "Audit the images from their cached bottlenecks: exact and "
-                  "near duplicates (and the leaks between training and test "
-                  "they make), likely label errors, outliers. One log line, "
-                  "audit.json beside report.json, a section in report.html; "
-                  "it changes nothing unless --dedupe or "
-                  "--exclude_from_training says so.")
-flags.DEFINE_enum("dedupe", _R.dedupe, ["none", "group"],
-                  "group: every duplicate group the audit finds is put in "
-                  "the set of its member whose path sorts first, so no "
-                  "group spans training and test (changes the split of "
-                  "those images only; nothing on disk moves).")
-flags.DEFINE_string("exclude_from_training", _R.exclude_from_training,
-                    "An audit.json a run wrote: leave out of training the "
-                    "images it lists as likely label errors or outliers and "
-                    "the members of duplicate groups that span classes "
-                    "(they stay in validation and test).")
-flags.DEFINE_bool("print_misclassified_test_images",
-                  _R.print_misclassified_test_images,
-                  "Print every misclassified test image.")
-
-# Outputs.
+GROUPS.group("Outputs and deployment formats")
 flags.DEFINE_string("output_graph", _R.output_graph,
                     "Where to write the retrained frozen graph (a .json "
                     "description is written beside it).")
@@ -245,6 +200,61 @@ flags.DEFINE_enum("tfjs_quantize", _R.tfjs_quantize,
                   "How --tfjs_output stores its weights: none (float32), "
                   "float16 (half the size) or uint8 (a quarter; each "
                   "tensor's min and scale kept).")
+flags.DEFINE_bool("print_misclassified_test_images",
+                  _R.print_misclassified_test_images,
+                  "Print every misclassified test image.")
+
+GROUPS.group("The audit (duplicates, leaks, label errors)")
+flags.DEFINE_bool("audit", _R.audit,
+                  "Audit the images from their cached bottlenecks: exact and "
+                  "near duplicates (and the leaks between training and test "
+                  "they make), likely label errors, outliers. One log line, "
+                  "audit.json beside report.json, a section in report.html; "
+                  "it changes nothing unless --dedupe or "
+                  "--exclude_from_training says so.")
+flags.DEFINE_enum("dedupe", _R.dedupe, ["none", "group"],
+                  "group: every duplicate group the audit finds is put in "
+                  "the set of its member whose path sorts first, so no "
+                  "group spans training and test (changes the split of "
+                  "those images only; nothing on disk moves).")
+flags.DEFINE_string("exclude_from_training", _R.exclude_from_training,
+                    "An audit.json a run wrote: leave out of training the "
+                    "images it lists as likely label errors or outliers and "
+                    "the members of duplicate groups that span classes "
+                    "(they stay in validation and test).")
+
+GROUPS.group("The bottleneck cache and large data (Beam, cloud paths, memory)")
+flags.DEFINE_string("bottleneck_dir", _R.bottleneck_dir,
+                    "Folder of the bottleneck cache.")
+flags.DEFINE_integer("bottleneck_batch_size", _R.bottleneck_batch_size,
+                     "Images per CNN run when computing bottlenecks "
+                     "(default: chosen for the model and machine by timing "
+                     "the first batches of 8, 16, 32 and 64, and logged).")
+flags.DEFINE_bool("only_bottlenecks", _R.only_bottlenecks,
+                  "Compute and cache the bottlenecks (and augmented copies) "
+                  "of every image, then stop: no training, no outputs. A "
+                  "later run trains from the cache.")
+flags.DEFINE_string("beam_runner", _R.beam_runner,
+                    "Compute the bottlenecks that are not cached yet (and "
+                    "augmented copies and fine-tuning cut activations) with "
+                    "an Apache Beam pipeline on this runner: DirectRunner, "
+                    "DaskRunner, DataflowRunner, FlinkRunner, SparkRunner, "
+                    "PortableRunner, PrismRunner. Needs pip install "
+                    "'retrain[beam]' ('retrain[dask]' for DaskRunner). "
+                    "Default: in this process.")
+flags.DEFINE_string("beam_options", _R.beam_options,
+                    "Beam pipeline options for --beam_runner, as one string, "
+                    "e.g. \"--direct_running_mode=multi_processing "
+                    "--direct_num_workers=2\", \"--project=P --region=R "
+                    "--temp_location=gs://B/tmp --setup_file=./setup.py\" or "
+                    "\"--dask_client_address=HOST:PORT\" (without it, "
+                    "DaskRunner starts a local cluster).")
+flags.DEFINE_float("max_in_memory_mb", _R.max_in_memory_mb,
+                   "Bottlenecks larger than this stay on disk (memory-"
+                   "mapped from the cache index) during training; 0: a "
+                   "quarter of physical memory.")
+
+GROUPS.group("The rest (TensorBoard, checkpoints, logging)")
 flags.DEFINE_string("summaries_dir", _R.summaries_dir, "Where TensorBoard "
                     "summaries go, in a new run-* folder (empty: none).")
 flags.DEFINE_string("checkpoint_path", _R.checkpoint_path,
@@ -260,6 +270,8 @@ flags.DEFINE_integer("intermediate_store_frequency",
 flags.DEFINE_enum("logging_verbosity", "INFO",
                   ["DEBUG", "INFO", "WARN", "ERROR", "FATAL"],
                   "How much to log.")
+
+GROUPS.end()
 
 FLAGS = flags.FLAGS
 

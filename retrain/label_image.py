@@ -73,17 +73,33 @@ def format_results(paths: Sequence[str], probs: np.ndarray,
   return out.getvalue()
 
 
+# Its flags by what a user is doing (filled by _define_flags).
+GROUPS = cli.FlagGroups()
+
+USAGE = """\
+label_image: classify photos with a model retrain exported.
+
+  python -m retrain.label_image --model=graph.pb --image=photo.jpg [flags]
+  (or: label_image ...; --model may be a .pb, a SavedModel folder or a
+  .tflite file; images may also follow the flags as arguments)
+"""
+
+
 def _define_flags():
   from absl import flags  # pylint: disable=g-import-not-at-top
+  GROUPS.group("The model")
   flags.DEFINE_string("model", None, "Export to use: a .pb frozen graph, a "
                       "SavedModel folder or a .tflite file.")
   flags.DEFINE_string("graph", None, "Frozen graph (same as --model).")
   flags.DEFINE_string("labels", None, "Labels file (default: the one the "
                       "export's JSON names).")
+  GROUPS.group("The photos")
   flags.DEFINE_multi_string("image", [], "Image file or folder (repeatable).")
+  GROUPS.group("The output")
   flags.DEFINE_integer("top_k", 5, "How many labels to print (0: all).")
   flags.DEFINE_enum("format", "text", ["text", "csv", "json"],
                     "Output format.")
+  GROUPS.end()
   return flags.FLAGS
 
 
@@ -113,7 +129,8 @@ def main(argv) -> int:
 
 def run() -> None:
   _define_flags()
-  cli.absl_entry(main, "label_image", tensorflow_optional=True)()
+  cli.absl_entry(main, "label_image", tensorflow_optional=True,
+                 help_text=lambda: GROUPS.help_text(USAGE))()
 
 
 if __name__ == "__main__":

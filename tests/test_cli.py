@@ -1,6 +1,7 @@
 """The command line: a full run, and one-line errors for bad invocations."""
 
 import os
+import re
 
 import pytest
 
@@ -233,3 +234,95 @@ def test_only_bottlenecks_fills_the_cache_and_writes_nothing_else(
   assert train.returncode == 0, train.stderr[-2000:]
   assert "72 from cache, 0 computed" in train.stderr
   assert os.path.isfile(out / "out" / "g.pb")
+
+
+
+def _listed_flags(text):
+  """The --name of each flag line of a --help text, in order."""
+  return re.findall(r"^  --(?:\[no\])?(\w+)", text, re.M)
+
+
+def _source_groups(path):
+  """[(title, [flag, ...])] read from the module that defines the flags:
+  each DEFINE belongs to the GROUPS.group(...) above it. A flag outside
+  every group (before the first, after GROUPS.end()) fails here."""
+  with open(os.path.join(helpers.REPO, path), encoding="utf-8") as f:
+    source = f.read()
+  groups, open_group = [], False
+  for m in re.finditer(r'GROUPS\.group\("([^"]+)"\)|GROUPS\.end\(\)|'
+                       r'DEFINE_\w+\(\s*"(\w+)"', source):
+    if m.group(1):
+      groups.append((m.group(1), []))
+      open_group = True
+    elif m.group(2):
+      assert open_group, f"--{m.group(2)} ({path}) is in no group"
+      groups[-1][1].append(m.group(2))
+    else:
+      open_group = False
+  assert groups
+  return groups
+
+
+# Flags absl defines for itself (absl.app, absl.logging, absl.flags).
+_ABSL = {"logtostderr", "alsologtostderr", "verbosity", "v", "pdb",
+         "pdb_post_mortem", "run_with_pdb", "run_with_profiling",
+         "profile_file", "use_cprofile_for_profiling", "logger_levels",
+         "only_check_args", "helpfull", "helpshort", "helpxml", "flagfile",
+         "undefok", "log_dir", "stderrthreshold", "showprefixforinfo"}
+
+
+@pytest.mark.parametrize("module,source", [
+    ("retrain", "retrain/flags.py"),
+    ("retrain.label_image", "retrain/label_image.py")])
+@pytest.mark.parametrize("ask", ["--help", "-h"])
+def test_help_lists_every_own_flag_once_grouped_and_no_absl_flag(
+    module, source, ask):
+  # TensorFlow is not imported for help (it would fail here).
+  proc = helpers.run_without_tensorflow([ask], module=module)
+  assert proc.returncode == 0, proc.stderr
+  text = proc.stdout
+  groups = _source_groups(source)
+  listed = _listed_flags(text)
+  assert listed == [n for _, names in groups for n in names]
+  assert len(set(listed)) == len(listed)
+  assert not set(listed) & _ABSL and "--logtostderr" not in text
+  # Group titles in their order, each followed by its own flags.
+  titles = [t for t, _ in groups] + ["Exit status"]
+  for (title, names), following in zip(groups, titles[1:]):
+    body = text.split(f"\n{title}:\n", 1)[1].split(f"\n{following}:", 1)[0]
+    assert _listed_flags(body) == names, title
+  # The exit statuses, the same as the README's.
+  codes = re.findall(r"^  (\d+) ", text.split("Exit status:", 1)[1], re.M)
+  with open(os.path.join(helpers.REPO, "README.md"), encoding="utf-8") as f:
+    readme = f.read()
+  stated = readme.split("Exit status: ", 1)[1].split("\n\n", 2)[1]
+  assert sorted(map(int, codes)) == sorted(
+      map(int, re.findall(r"^- (\d+) ", stated, re.M))) == [0, 1, 2, 3, 130]
+  assert f"python -m {module} " in text
+
+
+@pytest.mark.parametrize("module", ["retrain", "retrain.label_image"])
+def test_helpfull_still_lists_everything_and_version_answers(module):
+  full = helpers.run_without_tensorflow(["--helpfull"], module=module)
+  assert full.returncode == 0, full.stderr
+  assert "logtostderr" in full.stdout and "--image" in full.stdout
+  version = helpers.run_without_tensorflow(["--version"], module=module)
+  assert version.returncode == 0, version.stderr
+  import importlib.metadata  # pylint: disable=g-import-not-at-top
+  import platform  # pylint: disable=g-import-not-at-top
+  program = module.split(".")[-1]
+  assert version.stdout.splitlines() == [
+      f"{program} {importlib.metadata.version('retrain')}",
+      f"TensorFlow {importlib.metadata.version('tensorflow')}",
+      f"Python {platform.python_version()}"]
+
+
+def test_readme_flag_tables_follow_the_groups():
+  """README.md's "Flags" section: one table per group of retrain/flags.py,
+  in order, each holding exactly that group's flags."""
+  with open(os.path.join(helpers.REPO, "README.md"), encoding="utf-8") as f:
+    section = f.read().split("\n## Flags\n", 1)[1].split("\n## ", 1)[0]
+  found = [(m.group(1), re.findall(r"^\| `--(\w+)` \|", m.group(2), re.M))
+           for m in re.finditer(r"^### (.+)\n((?:.|\n)*?)(?=^### |\Z)",
+                                section, re.M)]
+  assert found == _source_groups("retrain/flags.py")

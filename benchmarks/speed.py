@@ -133,14 +133,22 @@ def _phases(stderr: str, import_time: float, wall: float, images: int):
   return rows
 
 
-def _classic_inception_dir(graph: str, folder: str) -> str:
-  """A --model_dir where the classic tool finds Inception-v3 as if it had
-  downloaded it: the tarball it looks for, holding `graph`."""
+def _classic_model_dir(graph: str, folder: str, architecture: str) -> str:
+  """A --model_dir where the classic tool finds `graph` as if it had
+  downloaded the model of `architecture` (inception_v3 or
+  mobilenet_<version>_<size>): the tarball it looks for, holding the graph
+  under the name it reads."""
   import tarfile  # pylint: disable=g-import-not-at-top
   os.makedirs(folder, exist_ok=True)
-  with tarfile.open(os.path.join(folder, "inception-2015-12-05.tgz"),
-                    "w:gz") as tar:
-    tar.add(graph, arcname="classify_image_graph_def.pb")
+  if architecture == "inception_v3":
+    tarball, inside = ("inception-2015-12-05.tgz",
+                       "classify_image_graph_def.pb")
+  else:
+    version, size = architecture.split("_")[1:3]
+    name = f"mobilenet_v1_{version}_{size}"
+    tarball, inside = f"{name}_frozen.tgz", f"{name}/frozen_graph.pb"
+  with tarfile.open(os.path.join(folder, tarball), "w:gz") as tar:
+    tar.add(graph, arcname=inside)
   return folder
 
 
@@ -274,10 +282,9 @@ def main(_):
   rows += _phases(cold_log[0], import_time, cold_wall, len(paths))
   if FLAGS.classic:
     classic_work = os.path.join(work, "classic")
-    model_dir = os.path.dirname(model_args[0].split("=", 1)[1])
-    if classic_architecture == "inception_v3":
-      model_dir = _classic_inception_dir(model_args[0].split("=", 1)[1],
-                                         os.path.join(work, "classic_model"))
+    model_dir = _classic_model_dir(model_args[0].split("=", 1)[1],
+                                   os.path.join(work, "classic_model"),
+                                   classic_architecture)
     classic_wall, classic_rss = _child_run(
         [sys.executable, "-c", _SHIM, FLAGS.classic,
          f"--image_dir={image_dir}",

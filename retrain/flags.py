@@ -74,7 +74,8 @@ flags.DEFINE_integer("how_many_training_steps", _H.how_many_training_steps,
                      "How many training steps to run.")
 flags.DEFINE_float("learning_rate", _H.learning_rate,
                    "Learning rate of gradient descent (with "
-                   "--weight_decay=-1 the search also tries 10 times it).")
+                   "--weight_decay=-1: 10 times it where SGD is stable at "
+                   "the chosen optimum).")
 flags.DEFINE_integer("train_batch_size", _H.train_batch_size,
                      "Bottlenecks per training step.")
 flags.DEFINE_integer("validation_batch_size", _H.validation_batch_size,

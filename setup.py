@@ -31,8 +31,9 @@ setup(
         "beam": ["apache-beam>=2.77"],
         "gcp": ["apache-beam[gcp]>=2.77"],
         "dask": ["apache-beam[dask]>=2.77"],
+        "onnx": ["tf2onnx>=1.17", "onnx", "onnxruntime"],
         "test": ["pytest", "pytest-xdist", "pillow", "matplotlib", "ai-edge-litert",
-                 "scikit-learn",
+                 "scikit-learn", "tf2onnx>=1.17", "onnx", "onnxruntime",
                  "apache-beam[dask]>=2.77", "mediapipe>=0.10.30"],
     },
     entry_points={

@@ -11,7 +11,7 @@ import uuid
 
 from cache import fs
 from retrain.config import HParams, RunConfig
-from retrain.deploy import export, tfjs
+from retrain.deploy import export, onnx_model, tfjs
 from retrain.errors import UserError
 from retrain.features import storage
 from retrain.training import finetune, schedules, train
@@ -161,6 +161,13 @@ def _check_config(config: RunConfig, hparams: HParams) -> None:
          "path")
     _check_writable("tflite_output",
                     fs.dirname(fs.abspath(config.tflite_output)))
+  if config.onnx_output:
+    need(not fs.isdir(config.onnx_output),
+         f"--onnx_output={config.onnx_output} is a folder; pass a file path "
+         "(model.onnx)")
+    onnx_model.require()
+    _check_writable("onnx_output",
+                    fs.dirname(fs.abspath(config.onnx_output)))
   if config.saved_model_dir:
     d = config.saved_model_dir
     need(not fs.isfile(d), f"--saved_model_dir={d} is a file; pass a "

@@ -109,6 +109,7 @@ class RunConfig(NamedTuple):
   tflite_input: str = "image"
   tfjs_output: str = ""  # A TensorFlow.js folder (model.json, index.html).
   tfjs_quantize: str = "none"  # "none", "float16" or "uint8" weights.
+  onnx_output: str = ""  # An ONNX model (.onnx), for ONNX Runtime.
   checkpoint_path: str = "/tmp/_retrain_checkpoint"
   intermediate_output_graphs_dir: str = "/tmp/intermediate_graph/"
   intermediate_store_frequency: int = 0

@@ -201,6 +201,12 @@ flags.DEFINE_enum("tfjs_quantize", _R.tfjs_quantize,
                   "How --tfjs_output stores its weights: none (float32), "
                   "float16 (half the size) or uint8 (a quarter; each "
                   "tensor's min and scale kept).")
+flags.DEFINE_string("onnx_output", _R.onnx_output,
+                    "Where to write an ONNX model (a .onnx file) for ONNX "
+                    "Runtime: input image float32 [batch, H, W, 3] RGB "
+                    "0..255, output the class probabilities; the labels, "
+                    "input size and scaling in its metadata. Needs the "
+                    ".[onnx] extra. Empty: none.")
 flags.DEFINE_bool("print_misclassified_test_images",
                   _R.print_misclassified_test_images,
                   "Print every misclassified test image.")
@@ -367,6 +373,7 @@ def to_config(f=FLAGS) -> Tuple[RunConfig, HParams, ModelOptions]:
       tflite_output=f.tflite_output, tflite_quantize=f.tflite_quantize,
       tflite_input=f.tflite_input,
       tfjs_output=f.tfjs_output, tfjs_quantize=f.tfjs_quantize,
+      onnx_output=f.onnx_output,
       checkpoint_path=f.checkpoint_path,
       intermediate_output_graphs_dir=f.intermediate_output_graphs_dir,
       intermediate_store_frequency=f.intermediate_store_frequency,

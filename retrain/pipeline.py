@@ -26,12 +26,11 @@ from retrain.audit import memo as audit_memo
 from retrain.checks import check_config
 from retrain.config import HParams, ModelOptions, RunConfig
 from retrain.data import images
-from retrain.deploy import export, tfjs
+from retrain.deploy import export, exports
 from retrain.errors import UserError
 from retrain.features import bottlenecks
 from retrain.features import cut as cuts
 from retrain.features import storage  # pylint: disable=unused-import  (gs://, ram://)
-from retrain.features.extract import ImageDecoder
 from retrain.features.model import FeatureExtractor, load_feature_extractor
 from retrain.features.sets import LabeledBottlenecks
 from retrain.reports import phases, report, report_html
@@ -39,9 +38,6 @@ from retrain.reports.progress import Progress
 from retrain.training import finetune, regularization, train
 
 tf1 = tf.compat.v1
-
-# Training images used to calibrate int8 TFLite quantization.
-TFLITE_CALIBRATION_IMAGES = 200
 
 # Without an explicit --eval_step_interval, a log file gets an evaluation
 # line about every this share of the steps (and the last).
@@ -135,11 +131,13 @@ def run(config: RunConfig, hparams: HParams = HParams(),
                      hparams.random_seed)
   audit = clock.timed("audit", audit_images, inputs, data, config, hparams)
   data, audit = act_on_audit(data, audit, config)
+  # The search before the export graph's preparation starts beside
+  # training: its numpy products would share the cores with it.
+  choice = clock.timed("search", choose_regularization, inputs, data, config,
+                       hparams)
   template = _in_background(export.cached_inference_graph_template,
                             inputs.fx, config.final_tensor_name,
                             config.bottleneck_dir)
-  choice = clock.timed("search", choose_regularization, inputs, data, config,
-                       hparams)
   with Summaries(config.summaries_dir) as summaries:
     layer = clock.timed("training", train_layer, inputs, data, config,
                         hparams, template, summaries, choice)
@@ -155,7 +153,7 @@ def run(config: RunConfig, hparams: HParams = HParams(),
   outputs += clock.timed("reports", write_reports, inputs, data, layer, tuned,
                          evaluation, config, hparams, audit, clock.taken())
   for path in outputs:
-    logging.info("Wrote %s", path)
+    logging.info("Wrote %s", fs.abspath(path))
   logging.info("%s", clock.describe())
   return RunResult(
       inputs.labels, evaluation and evaluation["accuracy"], final.test.paths,
@@ -212,7 +210,7 @@ def audit_cache(config: RunConfig, hparams: HParams = HParams(),
   fs.makedirs(folder)
   for path in (audit.write(folder),
                report_html.write_audit_html(folder, audit.to_json())):
-    logging.info("Wrote %s", path)
+    logging.info("Wrote %s", fs.abspath(path))
   return audit
 
 
@@ -381,9 +379,10 @@ def train_layer(inputs: Inputs, data: Bottlenecks, config: RunConfig,
           data.sets[images.VALIDATION], class_count, hparams, log=log_eval,
           train_writer=summaries.train,
           validation_writer=summaries.validation,
-          on_interval=_intermediate_exporter(
-              config, template, tg, session,
-              _graph_metadata(inputs.fx, inputs.labels, config), written),
+          on_interval=exports.intermediate_exporter(
+              config, template, lambda: train.final_layer(tg, session),
+              exports.graph_metadata(inputs.fx, inputs.labels, config),
+              written),
           store_every=config.intermediate_store_frequency)
     finally:
       log_eval.close()
@@ -592,39 +591,14 @@ def write_reports(inputs: Inputs, data: Bottlenecks, layer: TrainedLayer,
 def export_model(inputs: Inputs, data: Bottlenecks, final: FinalModel,
                  evaluation: Optional[Dict[str, object]], config: RunConfig,
                  hparams: HParams) -> List[str]:
-  """The frozen graph (+ JSON), labels, skipped list, and the SavedModel and
-  TFLite model when asked for; returns the paths written."""
-  fx, labels = final.fx, inputs.labels
-  results = dict(test_accuracy=evaluation and evaluation["accuracy"],
-                 test_images=len(final.test.truth),
-                 skipped_images=len(data.filled.failures))
-  metadata = dict(_graph_metadata(fx, labels, config), **results)
-  common = dict(_common_metadata(fx, labels), **results,
-                resize=metadata["resize"],
-                input_scaling=metadata["input_scaling"])
-  graph_def = export.fill_final_layer(final.template.result(), final.weights,
-                                      final.biases)
-  export.write_frozen_graph(config.output_graph, graph_def, metadata,
-                            labels_path=config.output_labels)
-  export.write_labels(config.output_labels, labels)
-  skipped_path = os.path.splitext(config.output_graph)[0] + ".skipped.txt"
-  fs.write_text(skipped_path, "".join(
-      f"{p}\t{r}\n" for p, r in data.filled.failures))
-  outputs = [config.output_graph, export.metadata_path(config.output_graph),
-             config.output_labels, skipped_path]
-  if config.saved_model_dir:
-    export.write_saved_model(config.saved_model_dir, graph_def, labels,
-                             config.final_tensor_name, common)
-    outputs.append(config.saved_model_dir)
-  if config.tfjs_output:
-    outputs.append(_export_tfjs(config, final, labels, common))
-  if config.tflite_output:
-    originals = [p for p in data.sets[images.TRAINING].paths
-                 if bottlenecks.AUGMENTED_MARK not in p]
-    outputs += _export_tflite(config, fx, labels, final.weights,
-                              final.biases, originals, hparams.random_seed,
-                              common)
-  return outputs
+  """Every format the flags ask for (retrain/deploy/exports.py); returns
+  the paths written."""
+  return exports.export_all(exports.Trained(
+      final.fx, inputs.labels, final.weights, final.biases, final.template,
+      final.test.paths, final.test.probabilities,
+      [p for p in data.sets[images.TRAINING].paths
+       if bottlenecks.AUGMENTED_MARK not in p], data.filled.failures,
+      evaluation and evaluation["accuracy"]), config, hparams.random_seed)
 
 
 # ----------------------------------------------------------------- helpers --
@@ -657,19 +631,6 @@ def _stages(layer: TrainedLayer,
   ]
 
 
-def _common_metadata(fx: FeatureExtractor,
-                     labels: Sequence[str]) -> Dict[str, object]:
-  return dict(classes=len(labels), model=fx.describe(),
-              input_size=list(fx.input_size))
-
-
-def _graph_metadata(fx: FeatureExtractor, labels: Sequence[str],
-                    config: RunConfig) -> Dict[str, object]:
-  """The JSON description of a frozen graph export (results aside)."""
-  return dict(_common_metadata(fx, labels),
-              **export.io_description(fx, config.final_tensor_name))
-
-
 def _image_summary(tag: str, image: np.ndarray) -> tf1.Summary:
   """A TensorBoard image summary of a uint8 [h, w, 3] array."""
   png = tf.io.encode_png(image).numpy()
@@ -690,79 +651,3 @@ def _in_background(fn: Callable, *args) -> concurrent.futures.Future:
       future.set_exception(e)
   threading.Thread(target=work, daemon=True).start()
   return future
-
-
-def _intermediate_exporter(config: RunConfig,
-                           template: concurrent.futures.Future,
-                           tg: train.TrainingGraph, session: tf1.Session,
-                           metadata: Dict[str, object],
-                           written: List[str]) -> Callable[[int], None]:
-  def store(step: int) -> None:
-    weights, biases = train.final_layer(tg, session)
-    graph_def = export.fill_final_layer(template.result(), weights, biases)
-    path = os.path.join(config.intermediate_output_graphs_dir,
-                        f"intermediate_{step}.pb")
-    export.write_frozen_graph(path, graph_def, dict(metadata, step=step),
-                              labels_path=config.output_labels)
-    written.append(path)
-    logging.info("Saved intermediate graph %s", path)
-  return store
-
-
-# Test photos a quantized TensorFlow.js export is checked on.
-TFJS_CHECK_IMAGES = 50
-
-
-def _export_tfjs(config: RunConfig, final: FinalModel, labels: Sequence[str],
-                 common: Dict[str, object]) -> str:
-  """Writes the TensorFlow.js folder; quantized weights are checked against
-  the float model on test photos (see tfjs.write_tfjs)."""
-  check = None
-  if config.tfjs_quantize != "none" and len(final.test.paths):
-    count = min(TFJS_CHECK_IMAGES, len(final.test.paths))
-    images, kept = _decode(final.fx, final.test.paths[:count])
-    check = (images, final.test.probabilities[:count][kept])
-  tfjs.write_tfjs(config.tfjs_output, final.fx, final.weights, final.biases,
-                  labels, common, config.tfjs_quantize,
-                  config.final_tensor_name, check)
-  return config.tfjs_output
-
-
-def _decode(fx: FeatureExtractor, paths: Sequence[str]
-            ) -> Tuple[np.ndarray, np.ndarray]:
-  """(float32 [n, H, W, 3] images in 0..255 as training decoded them, the
-  indices of `paths` that decoded)."""
-  decoder = ImageDecoder(fx.input_size, rule=fx.preprocessing)
-  try:
-    decoded = [decoder.decode(p)[0] for p in paths]
-  finally:
-    decoder.close()
-  kept = np.array([i for i, d in enumerate(decoded) if d is not None],
-                  np.int64)
-  images = np.stack([decoded[i] for i in kept]) if len(kept) else np.zeros(
-      [0, *fx.input_size, 3], np.float32)
-  return images, kept
-
-
-def _export_tflite(config: RunConfig, fx: FeatureExtractor,
-                   labels: Sequence[str], weights: np.ndarray,
-                   biases: np.ndarray, train_paths: Sequence[str], seed: int,
-                   common: Dict[str, object]) -> List[str]:
-  """Writes the TFLite model (and its labels and JSON); returns the paths."""
-  representative = None
-  if config.tflite_quantize == "int8":
-    rng = np.random.default_rng(seed + 2)
-    pick = rng.permutation(len(train_paths))[:TFLITE_CALIBRATION_IMAGES]
-    representative, _ = _decode(fx, [train_paths[i] for i in pick])
-    logging.info("Calibrating int8 TFLite on %d training images",
-                 len(representative))
-  flatbuffer = export.tflite_model(fx, weights, biases,
-                                   config.tflite_quantize, representative,
-                                   config.final_tensor_name,
-                                   config.tflite_input)
-  export.write_tflite(config.tflite_output, flatbuffer, labels, dict(
-      common, **export.tflite_io_description(fx, config.tflite_quantize,
-                                             config.final_tensor_name,
-                                             config.tflite_input)))
-  stem = os.path.splitext(config.tflite_output)[0]
-  return [config.tflite_output, stem + ".labels.txt", stem + ".json"]

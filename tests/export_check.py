@@ -1,6 +1,6 @@
 """Runs exports in a fresh process that imports only TensorFlow and numpy.
 
-  python tests/export_check.py graph|saved_model|tflite|classic PATH \
+  python tests/export_check.py graph|saved_model|tflite|classic|onnx PATH \
       IMAGES_JSON OUT.npz
 
 Writes probabilities computed from the encoded files (image_bytes input) and,
@@ -116,6 +116,21 @@ def classic_probabilities(graph_path, paths):
   return out
 
 
+def onnx_probabilities(path, paths):
+  """ONNX Runtime on the .onnx file alone: labels, input size and resize
+  rule from its metadata; float images made as for the graph's "float"."""
+  import onnxruntime  # pylint: disable=g-import-not-at-top
+  session = onnxruntime.InferenceSession(path,
+                                         providers=["CPUExecutionProvider"])
+  props = session.get_modelmeta().custom_metadata_map
+  meta = {"input_size": [int(v) for v in props["input_size"].split(",")],
+          "resize": json.loads(props["resize"])}
+  floats = _float_images([open(p, "rb").read() for p in paths], meta)
+  probabilities = session.run(["probabilities"], {"image": floats})[0]
+  return {"float": probabilities,
+          "labels": np.array(props["labels"].split("\n"))}
+
+
 def saved_model_probabilities(path, paths):
   model = tf.saved_model.load(path)
   blobs = tf.constant([open(p, "rb").read() for p in paths])
@@ -130,7 +145,7 @@ def main():
     paths = json.load(f)
   assert "retrain" not in sys.modules
   fn = {"graph": graph_probabilities, "saved_model": saved_model_probabilities,
-        "tflite": tflite_probabilities,
+        "tflite": tflite_probabilities, "onnx": onnx_probabilities,
         "classic": classic_probabilities}[kind]
   np.savez(out, **fn(path, paths))
   assert not any(m == "retrain" or m.startswith("retrain.")

@@ -326,3 +326,23 @@ def test_readme_flag_tables_follow_the_groups():
            for m in re.finditer(r"^### (.+)\n((?:.|\n)*?)(?=^### |\Z)",
                                 section, re.M)]
   assert found == _source_groups("retrain/flags.py")
+
+
+def test_onnx_output_without_its_extra_is_one_line_naming_it(
+    color_images, tmp_path):
+  """tf2onnx missing: one line naming the extra, exit 2, nothing written."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  code = ("import runpy, sys; sys.modules['tf2onnx'] = None; "
+          "sys.argv = ['retrain'] + sys.argv[1:]; "
+          "runpy.run_module('retrain', run_name='__main__', alter_sys=True)")
+  proc = subprocess.run(
+      [sys.executable, "-c", code, f"--image_dir={color_images}",
+       f"--onnx_output={tmp_path}/out/model.onnx", *_outputs(tmp_path)],
+      capture_output=True, text=True, cwd=helpers.REPO,
+      env=dict(os.environ, PYTHONPATH=helpers.REPO), timeout=600)
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  lines = proc.stderr.strip().splitlines()
+  assert len(lines) == 1 and "--onnx_output needs tf2onnx" in lines[0]
+  assert "'.[onnx]'" in lines[0]
+  assert not (tmp_path / "out").exists() and not (tmp_path / "bn").exists()

@@ -140,7 +140,9 @@ def test_pipeline_fine_tunes_exports_and_reports(small_models, color_images,
   config = helpers.run_config(tmp_path, color_images, testing_percentage=25,
                               validation_percentage=25,
                               tflite_output=str(tmp_path / "out" /
-                                                "model.tflite"))
+                                                "model.tflite"),
+                              onnx_output=str(tmp_path / "out" /
+                                              "model.onnx"))
   hparams = HParams(how_many_training_steps=1, learning_rate=1e-7,
                     eval_step_interval=5, fine_tune_layers=1,
                     fine_tune_steps=100, fine_tune_learning_rate=0.01)
@@ -162,6 +164,13 @@ def test_pipeline_fine_tunes_exports_and_reports(small_models, color_images,
                                         result.test_paths, tmp_path)
   np.testing.assert_allclose(tflite["float"], result.test_probabilities,
                              atol=1e-4)
+  # ONNX Runtime on the fine-tuned model: the graph's answers on the same
+  # decoded images.
+  onnx = helpers.export_probabilities("onnx", config.onnx_output,
+                                      result.test_paths, tmp_path)
+  graph = helpers.export_probabilities("graph", config.output_graph,
+                                       result.test_paths, tmp_path)
+  np.testing.assert_allclose(onnx["float"], graph["float"], atol=1e-5)
   out = os.path.dirname(config.output_graph)
   with open(os.path.join(out, "report.json")) as f:
     stages = json.load(f)["stages"]
@@ -176,7 +185,8 @@ def test_pipeline_fine_tunes_exports_and_reports(small_models, color_images,
   # each stage.
   assert open(os.path.join(out, "report.html")).read().count(
       "<polyline") == 8
-  again = pipeline.run(config._replace(saved_model_dir="", tflite_output=""),
+  again = pipeline.run(config._replace(saved_model_dir="", tflite_output="",
+                                       onnx_output=""),
                        hparams, options)
   assert again.fine_tune.cut_vectors_computed == 0
   np.testing.assert_allclose(again.test_probabilities,

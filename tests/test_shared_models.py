@@ -26,7 +26,8 @@ def flower_run(request, shared, tmp_path_factory):
                                                      "saved_model"))
   config = helpers.run_config(
       tmp, os.path.join(shared, "datasets", "flower_photos_dev"),
-      tflite_output=str(tmp / "out" / "model.tflite"))
+      tflite_output=str(tmp / "out" / "model.tflite"),
+      onnx_output=str(tmp / "out" / "model.onnx"))
   result = pipeline.run(config, HParams(), options)
   return request.param, config, result, tmp, options
 
@@ -72,6 +73,39 @@ def test_tflite_float_matches_trained_session(flower_run):
   probs = helpers.export_probabilities("tflite", config.tflite_output,
                                        result.test_paths, tmp)["float"]
   np.testing.assert_allclose(probs, result.test_probabilities, atol=1e-4)
+
+
+def test_onnx_runs_alone_and_equals_the_frozen_graph(flower_run):
+  """The .onnx file moved away from everything else, in a fresh process:
+  ONNX Runtime's probabilities on the same decoded arrays within 1e-5 of
+  the frozen graph's, the same top-1, the labels read from the file; then
+  label_image (Pillow decoding, TensorFlow's import blocked) on it scores
+  within one photo of the trained session's test accuracy."""
+  kind, config, result, tmp, _ = flower_run
+  alone = tmp / f"elsewhere_{kind}"
+  alone.mkdir()
+  moved = str(alone / "flowers.onnx")
+  os.replace(config.onnx_output, moved)
+  onnx = helpers.export_probabilities("onnx", moved, result.test_paths, tmp)
+  graph = helpers.export_probabilities("graph", config.output_graph,
+                                       result.test_paths, tmp)
+  np.testing.assert_allclose(onnx["float"], graph["float"], atol=1e-5)
+  np.testing.assert_array_equal(onnx["float"].argmax(1),
+                                graph["float"].argmax(1))
+  assert list(onnx["labels"]) == result.labels
+  proc = helpers.run_without_tensorflow(
+      [f"--model={moved}", "--format=json", "--top_k=1",
+       *[f"--image={p}" for p in result.test_paths]])
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  import json  # pylint: disable=g-import-not-at-top
+  rows = json.loads(proc.stdout)
+  truth = {p: result.labels[t] for p, t in zip(result.test_paths,
+                                               result.test_truth)}
+  accuracy = np.mean([r["top"][0]["label"] == truth[r["image"]]
+                      for r in rows])
+  assert len(rows) == len(result.test_paths)
+  assert accuracy >= result.test_accuracy - 1.01 / len(rows), (
+      accuracy, result.test_accuracy)
 
 
 @pytest.mark.parametrize("kind", ["frozen_graph"])

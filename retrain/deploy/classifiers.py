@@ -1,9 +1,12 @@
 """Every export of retrain loaded for inference: one small Classifier class
-per kind (frozen graph, SavedModel, TFLite), chosen by `load_classifier`.
+per kind (frozen graph, SavedModel, TFLite, ONNX), chosen by
+`load_classifier`.
 
-Each reads the JSON retrain wrote beside the export for input names, size
-and scaling. TensorFlow is imported only when a kind needs it: a .tflite
-model runs on LiteRT with Pillow decoding where TensorFlow is missing.
+Each reads the JSON retrain wrote beside the export (an ONNX model: its own
+metadata) for input names, size and scaling. TensorFlow is imported only
+when a kind needs it: a .tflite model runs on LiteRT with Pillow decoding
+where TensorFlow is missing, and an .onnx model on ONNX Runtime with
+Pillow decoding, never importing TensorFlow.
 """
 
 import json
@@ -49,6 +52,7 @@ class Classifier:
   """An export loaded for inference. Subclasses implement `_predict`."""
 
   labels: List[str]
+  uses_tensorflow = True  # Its decoding may raise TensorFlow's errors.
 
   def _predict(self, blobs: List[bytes]) -> np.ndarray:
     """Encoded images -> probabilities [n, classes]; may raise OpError."""
@@ -57,7 +61,8 @@ class Classifier:
   def classify(self, paths: Sequence[str]
                ) -> Tuple[List[str], np.ndarray, List[Tuple[str, str]]]:
     """(classified paths, probabilities [n, classes], [(path, reason)] skipped)."""
-    op_error, op_error_reason = _tf_errors()
+    op_error, op_error_reason = (_tf_errors() if self.uses_tensorflow
+                                 else (_BadImage, str))
     done, rows, skipped = [], [], []
     for path in paths:
       try:
@@ -247,6 +252,54 @@ class TFLiteClassifier(Classifier):
     return np.array(rows)
 
 
+class OnnxClassifier(Classifier):
+  """An .onnx model retrain exported, on ONNX Runtime: labels, input size
+  and the resize rule read from the model's metadata, images decoded with
+  Pillow by that rule (TensorFlow is never imported)."""
+
+  uses_tensorflow = False
+
+  def __init__(self, path: str, labels_path: Optional[str] = None):
+    try:
+      import onnxruntime  # pylint: disable=g-import-not-at-top
+    except ImportError:
+      raise UserError(f"--model={path}: running an .onnx model needs ONNX "
+                      "Runtime: pip install onnxruntime pillow")
+    try:
+      self._session = onnxruntime.InferenceSession(
+          path, providers=["CPUExecutionProvider"])
+    except Exception as e:  # pylint: disable=broad-except
+      raise UserError(f"--model={path}: not an ONNX model "
+                      f"({str(e).strip().splitlines()[0][:120]})")
+    props = self._session.get_modelmeta().custom_metadata_map
+    if "input_size" not in props:
+      raise UserError(f"--model={path}: no input_size in its metadata; use "
+                      "an .onnx model retrain exported (--onnx_output)")
+    self.labels = (_read_labels(labels_path) if labels_path else
+                   [l for l in props.get("labels", "").split("\n") if l])
+    height, width = (int(v) for v in props["input_size"].split(","))
+    rule = _rule({"model": json.loads(props.get("model", "{}"))})
+    try:
+      from retrain.data.pil_preprocess import PilDecoder  # pylint: disable=g-import-not-at-top
+    except ImportError:
+      raise UserError(f"--model={path}: images are decoded with Pillow: pip "
+                      "install pillow")
+    self._decoder = PilDecoder((height, width), *rule)
+    self._input = self._session.get_inputs()[0].name
+    _check_outputs(self._session.get_outputs()[0].shape[-1], self.labels,
+                   path)
+
+  def _predict(self, blobs):
+    images = []
+    for blob in blobs:
+      image, error = self._decoder.decode_bytes(blob)
+      if image is None:
+        raise _BadImage(error)
+      images.append(image)
+    return self._session.run(None, {self._input: np.stack(images).astype(
+        np.float32)})[0]
+
+
 def _check_outputs(outputs, labels, path):
   if outputs != len(labels):
     raise UserError(f"--model={path}: {outputs} outputs but {len(labels)} "
@@ -263,11 +316,14 @@ def _is_tflite(path: str) -> bool:
 
 
 def load_classifier(model: str, labels: Optional[str] = None) -> Classifier:
-  """The right Classifier for a .pb graph, SavedModel folder or .tflite."""
+  """The right Classifier for a .pb graph, SavedModel folder, .tflite or
+  .onnx file."""
   if os.path.isdir(model):
     return SavedModelClassifier(model, labels)
   if not os.path.isfile(model):
     raise UserError(f"--model={model}: no such file or folder")
   if _is_tflite(model):
     return TFLiteClassifier(model, labels)
+  if model.lower().endswith(".onnx"):
+    return OnnxClassifier(model, labels)
   return GraphClassifier(model, labels)

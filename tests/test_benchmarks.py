@@ -91,6 +91,18 @@ def test_speed_benchmark_prints_every_row(shared):
   for row in ("| raw forward, pre-decoded batches of 1 ",
               "| raw forward, pre-decoded batches of 8 ",
               "| retrain extraction, steady state (batch ",
-              "| shared-core bound", "| whole command, warm cache"):
+              "| shared-core bound", "| whole command, warm cache",
+              "| cold command: extraction ", "| cold command: search ",
+              "| cold command: training ", "| cold command / floor "):
     assert row in out, out
   assert "40 images" in out
+
+
+def test_search_benchmark_prints_new_and_old(shared, tmp_path):
+  out = _run("search.py", ["--models=mobilenet_v1_025_128",
+                           "--datasets=flower_photos_dev",
+                           f"--work_dir={tmp_path}", "--synthetic_images=200",
+                           "--old_steps=50"])
+  assert "| flower_photos_dev, mobilenet_v1_025_128 | 500 " in out, out
+  assert "| synthetic Inception-sized | 200 | 2048 | 5 " in out, out
+  assert "5-fold cross-validation" in out

@@ -4,7 +4,8 @@
 
 Defaults: ../shared/datasets/flower_photos_dev and the MobileNet v1 0.25/128
 frozen graph. Trains once (warm cache after the first call), exports the
-frozen graph, the SavedModel and TFLite float/dynamic/int8, then classifies
+frozen graph, the SavedModel, TFLite float/dynamic/int8 and ONNX (needs
+the .[onnx] extra), then classifies
 the test images one at a time with each, as a client would (encoded file in,
 probabilities out), and prints a table.
 """
@@ -50,6 +51,9 @@ def main(_):
     config = base._replace(tflite_output=path, tflite_quantize=quantize)
     if quantize != "none":
       config = config._replace(saved_model_dir="")
+    else:  # ONNX, run by ONNX Runtime from the .onnx file alone (Pillow).
+      config = config._replace(onnx_output=os.path.join(work, "model.onnx"))
+      exports["ONNX (ONNX Runtime, Pillow)"] = config.onnx_output
     result = pipeline.run(config, HParams(), options)
     exports[f"TFLite {quantize}"] = path
   paths = result.test_paths

@@ -65,7 +65,7 @@ def test_head_quality_benchmark_prints_every_column(shared, tmp_path):
 def test_exports_benchmark_prints_every_export(shared, tmp_path):
   out = _run("exports.py", [f"--work_dir={tmp_path}"])
   for name in ("frozen graph", "SavedModel", "TFLite none", "TFLite dynamic",
-               "TFLite int8"):
+               "TFLite int8", "ONNX (ONNX Runtime, Pillow)"):
     assert f"| {name} " in out
 
 

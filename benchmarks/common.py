@@ -88,7 +88,13 @@ def model_choice(graph=None, tfhub_module=None):
             [f"--tfhub_module={tfhub_module}"])
   graph = graph or os.path.join(shared_dir(), "models",
                                 "mobilenet_v1_025_128", "frozen_graph.pb")
-  return ModelOptions(graph=graph, tfhub_module=""), [f"--graph={graph}"]
+  # A shared model whose tensors retrain does not recognise: its README's.
+  tensors = MODEL_TENSORS.get(os.path.basename(os.path.dirname(
+      os.path.abspath(graph))), {})
+  flags = [f"--graph={graph}"] + [
+      f"--{k}={','.join(map(str, v)) if isinstance(v, tuple) else v}"
+      for k, v in tensors.items()]
+  return ModelOptions(graph=graph, tfhub_module="", **tensors), flags
 
 
 def define_model_flags(tfhub: bool = True) -> None:

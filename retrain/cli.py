@@ -59,11 +59,13 @@ class FlagGroups:
     return [(title, names[start:stop])
             for (title, start), stop in zip(self._marks, bounds)]
 
-  def help_text(self, usage: str) -> str:
-    """--help: the usage lines, each group's flags with their defaults, the
-    exit statuses."""
+  def help_text(self, usage: str,
+                more: Sequence["FlagGroups"] = ()) -> str:
+    """--help: the usage lines, each group's flags (then those of `more`)
+    with their defaults, the exit statuses."""
     lines = [usage.rstrip(), ""]
-    for title, names in self.groups():
+    groups = self.groups() + [g for other in more for g in other.groups()]
+    for title, names in groups:
       lines.append(f"{title}:")
       for name in names:
         lines += _flag_help(self.flag_values[name])

@@ -271,17 +271,18 @@ _ABSL = {"logtostderr", "alsologtostderr", "verbosity", "v", "pdb",
          "undefok", "log_dir", "stderrthreshold", "showprefixforinfo"}
 
 
-@pytest.mark.parametrize("module,source", [
-    ("retrain", "retrain/flags.py"),
-    ("retrain.label_image", "retrain/label_image.py")])
+@pytest.mark.parametrize("module,sources", [
+    ("retrain", ["retrain/flags.py"]),
+    ("retrain.label_image", ["retrain/label_image.py"]),
+    ("retrain.audit", ["retrain/audit/__main__.py", "retrain/flags.py"])])
 @pytest.mark.parametrize("ask", ["--help", "-h"])
 def test_help_lists_every_own_flag_once_grouped_and_no_absl_flag(
-    module, source, ask):
+    module, sources, ask):
   # TensorFlow is not imported for help (it would fail here).
   proc = helpers.run_without_tensorflow([ask], module=module)
   assert proc.returncode == 0, proc.stderr
   text = proc.stdout
-  groups = _source_groups(source)
+  groups = [g for source in sources for g in _source_groups(source)]
   listed = _listed_flags(text)
   assert listed == [n for _, names in groups for n in names]
   assert len(set(listed)) == len(listed)

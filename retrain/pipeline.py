@@ -150,8 +150,10 @@ def run(config: RunConfig, hparams: HParams = HParams(),
   # without the model they describe.
   outputs = layer.outputs + clock.timed("export", export_model, inputs, data,
                                         final, evaluation, config, hparams)
+  if evaluation is not None:  # Where the time went, so far: report.json.
+    evaluation = dict(evaluation, phases=clock.taken())
   outputs += clock.timed("reports", write_reports, inputs, data, layer, tuned,
-                         evaluation, config, hparams, audit, clock.taken())
+                         evaluation, config, hparams, audit)
   for path in outputs:
     logging.info("Wrote %s", fs.abspath(path))
   logging.info("%s", clock.describe())
@@ -528,12 +530,11 @@ def write_reports(inputs: Inputs, data: Bottlenecks, layer: TrainedLayer,
                   tuned: Optional[finetune.Stage],
                   evaluation: Optional[Dict[str, object]], config: RunConfig,
                   hparams: HParams,
-                  audit: Optional[audit_findings.Audit] = None,
-                  seconds: Optional[Dict[str, float]] = None) -> List[str]:
+                  audit: Optional[audit_findings.Audit] = None) -> List[str]:
   """audit.json, report.json, report.txt, report.html (and the confusion
   matrix plot) beside --output_graph; no report without test images. With
   fine-tuning, both stages' validation and test accuracy, steps and
-  time; `seconds`: the run's phases so far (report.json "phases")."""
+  time."""
   folder = fs.dirname(fs.abspath(config.output_graph))
   audited: List[str] = []
   if audit is not None and config.audit:
@@ -547,8 +548,6 @@ def write_reports(inputs: Inputs, data: Bottlenecks, layer: TrainedLayer,
     return audited
   if tuned is not None:
     evaluation = dict(evaluation, stages=_stages(layer, tuned))
-  if seconds:
-    evaluation = dict(evaluation, phases=dict(seconds))
   written = report.write_reports(folder, evaluation)
   sizes = data.sizes
   facts = {

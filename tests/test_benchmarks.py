@@ -87,7 +87,8 @@ def test_scaling_benchmark_prints_every_row(shared, tmp_path):
 
 
 def test_speed_benchmark_prints_every_row(shared):
-  out = _run("speed.py", ["--max_images=40", "--forward_batch_sizes=1,8"])
+  # 80 photos: enough training and validation images (50) to search.
+  out = _run("speed.py", ["--max_images=80", "--forward_batch_sizes=1,8"])
   for row in ("| raw forward, pre-decoded batches of 1 ",
               "| raw forward, pre-decoded batches of 8 ",
               "| retrain extraction, steady state (batch ",
@@ -95,7 +96,7 @@ def test_speed_benchmark_prints_every_row(shared):
               "| cold command: extraction ", "| cold command: search ",
               "| cold command: training ", "| cold command / floor "):
     assert row in out, out
-  assert "40 images" in out
+  assert "80 images" in out
 
 
 def test_search_benchmark_prints_new_and_old(shared, tmp_path):
@@ -103,6 +104,8 @@ def test_search_benchmark_prints_new_and_old(shared, tmp_path):
                            "--datasets=flower_photos_dev",
                            f"--work_dir={tmp_path}", "--synthetic_images=200",
                            "--old_steps=50"])
-  assert "| flower_photos_dev, mobilenet_v1_025_128 | 500 " in out, out
-  assert "| synthetic Inception-sized | 200 | 2048 | 5 " in out, out
+  assert re.search(r"\| flower_photos_dev, mobilenet_v1_025_128 +\| 500 +"
+                   r"\| 256 +\| 5 +\| [\d.]+ s", out), out
+  assert re.search(r"\| synthetic Inception-sized +\| 200 +\| 2048 +\| 5 +\|",
+                   out), out
   assert "5-fold cross-validation" in out

@@ -287,6 +287,10 @@ def test_many_validation_images_or_many_rows_keep_the_search_small():
   train_set, val = _blobs(20), _blobs(400, seed=1)
   assert regularization.choose(train_set, val, 3, HP).scored_on == (
       "the 1200 validation images")
+  # Many classes and features: fewer rows (a random sample of each set).
+  rows = regularization.search_rows
+  assert rows(1280, 5) == regularization.MAX_SEARCH_ROWS
+  assert rows(2048, 100) == 9765 and rows(2048, 1000) == 2000
 
 
 def test_the_classic_training_is_plain_cross_entropy_sgd():

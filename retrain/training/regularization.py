@@ -73,6 +73,11 @@ CV_BELOW_VALIDATION = 1000
 # The search solves on at most this many rows (a random subset of larger
 # sets, read from the memory-mapped index).
 MAX_SEARCH_ROWS = 100_000
+# ... and at most this many rows x features x classes per set (a pass of
+# the solver over them costs about 4 flops each: ~0.1 s on 2 cores), at
+# least MIN_SEARCH_ROWS: hundreds of classes search on fewer rows.
+MAX_SEARCH_WORK = 2_000_000_000
+MIN_SEARCH_ROWS = 2_000
 
 # Fewer training and validation images than this: no search (its choice
 # would be noise); the fallback below is used.
@@ -191,8 +196,9 @@ def choose(train_set: LabeledBottlenecks, validation_set: LabeledBottlenecks,
                   "images to choose it on", schedule=schedule)
   start = time.monotonic()
   rng = np.random.default_rng(hparams.random_seed)
-  x, y, paths = _rows(train_set, MAX_SEARCH_ROWS, rng)
-  vx, vy, vpaths = _rows(validation_set, MAX_SEARCH_ROWS, rng)
+  limit = search_rows(train_set.x.shape[1], class_count)
+  x, y, paths = _rows(train_set, limit, rng)
+  vx, vy, vpaths = _rows(validation_set, limit, rng)
   group, original = groups_of(list(paths) + list(vpaths))
   folds = _folds(len(y) + len(vy), x.shape[1], class_count,
                  int(original[len(y):].sum()))
@@ -261,6 +267,12 @@ def resolved(hparams: HParams, choice: Choice) -> HParams:
                           label_smoothing=choice.chosen.label_smoothing,
                           learning_rate=choice.chosen.learning_rate,
                           learning_rate_schedule=schedules.of(hparams))
+
+
+def search_rows(bottleneck_size: int, class_count: int) -> int:
+  """Rows of each set the search solves on, at most."""
+  return int(min(MAX_SEARCH_ROWS, max(
+      MIN_SEARCH_ROWS, MAX_SEARCH_WORK // (bottleneck_size * class_count))))
 
 
 def _rows(labeled: LabeledBottlenecks, limit: int, rng: np.random.Generator

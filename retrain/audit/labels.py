@@ -26,7 +26,7 @@ from typing import Optional
 import numpy as np
 
 from retrain.config import HParams
-from retrain.training import side_by_side
+from retrain.training import side_by_side, solver
 
 FOLDS = 5
 MAX_STEPS = 1000  # More steps fit the planted errors no better.
@@ -75,7 +75,7 @@ def out_of_fold(x, y: np.ndarray, class_count: int, hparams: HParams,
   for start in range(0, n, block):
     stop = min(n, start + block)
     every = layers.logits(x[start:stop])  # [n, K, C]
-    probabilities[start:stop] = np.exp(side_by_side.log_softmax(
+    probabilities[start:stop] = np.exp(solver.log_softmax(
         every[np.arange(stop - start), fold[start:stop]]))
   return probabilities
 

@@ -1,9 +1,8 @@
 """K softmax layers trained at once, side by side in one [D, K * C] matrix.
 
 Used where many small layers are wanted on the same cached bottlenecks:
-the regularization search (one layer per setting, or per setting and
-cross-validation fold) and the audit's out-of-fold predictions (one layer
-per fold). A step is one plain matrix product of the sampled batch, as for
+the audit's out-of-fold predictions (one layer per fold; the
+regularization search solves exact optima instead, solver.py). A step is one plain matrix product of the sampled batch, as for
 one layer, only K times wider; the loss is the sum of the layers' own
 losses (mean cross entropy + decay_k / 2 * |W_k|^2), so each layer's
 gradient is its own loss's and the K layers are K independent SGD runs on
@@ -84,15 +83,12 @@ def train_layers(x: np.ndarray, y: np.ndarray, rows: np.ndarray,
                  weight_decay: Union[float, Sequence[float]] = 0.0,
                  label_smoothing: Union[float, Sequence[float]] = 0.0,
                  seed: int = 0, fold: Optional[np.ndarray] = None,
-                 held_out: Optional[Sequence[int]] = None,
-                 rate_scale: Optional[np.ndarray] = None) -> Layers:
+                 held_out: Optional[Sequence[int]] = None) -> Layers:
   """K layers trained by plain SGD on x [n, D], y [n] (int), one step per
   row of `rows` [steps, B], on mean cross entropy + decay / 2 * |W_k|^2.
 
   learning_rate, weight_decay, label_smoothing: one value or one per layer
   ([K]). fold: int [n], held_out: int [K] (see the module docstring).
-  rate_scale: float [steps], step i's rate is learning_rate * rate_scale[i]
-  (schedules.py; None: constant).
   Weights start as the new layer's do (truncated normal, stddev 0.001).
   """
   d, c = x.shape[1], class_count
@@ -102,8 +98,6 @@ def train_layers(x: np.ndarray, y: np.ndarray, rows: np.ndarray,
           else np.asarray(fold, np.int64))
   held_out = (np.full(k, -1, np.int64) if held_out is None
               else np.asarray(held_out, np.int64))
-  scale = (np.ones(len(rows), np.float32) if rate_scale is None
-           else np.asarray(rate_scale, np.float32))
   graph = tf.Graph()
   with graph.as_default():
     tf1.set_random_seed(seed)
@@ -111,7 +105,6 @@ def train_layers(x: np.ndarray, y: np.ndarray, rows: np.ndarray,
     data_y = tf1.placeholder(tf.int64, [None])
     data_fold = tf1.placeholder(tf.int64, [None])
     step_rows = tf1.placeholder(tf.int32, [None, None])
-    step_scale = tf1.placeholder(tf.float32, [None])
     columns = lambda v: tf.constant(np.repeat(v, c))  # [K] -> [K * C]
     decay_t, lr_t = columns(decay), columns(lr)
     smooth_t = tf.constant(smooth)[None, :, None]  # [1, K, 1]
@@ -133,8 +126,7 @@ def train_layers(x: np.ndarray, y: np.ndarray, rows: np.ndarray,
       grad_w = (tf.matmul(inputs, grad_logits, transpose_a=True) +
                 decay_t * w)
       grad_b = tf.reduce_sum(grad_logits, 0)
-      rate = lr_t * step_scale[i]
-      return i + 1, w - rate * grad_w, b - rate * grad_b
+      return i + 1, w - lr_t * grad_w, b - lr_t * grad_b
 
     w0 = tf1.truncated_normal([d, k * c], stddev=0.001)
     b0 = tf.zeros([k * c])
@@ -144,13 +136,6 @@ def train_layers(x: np.ndarray, y: np.ndarray, rows: np.ndarray,
   with tf1.Session(graph=graph) as session:
     w, b = session.run([w, b], {data_x: np.asarray(x, np.float32),
                                 data_y: y, data_fold: fold,
-                                step_rows: rows,
-                                step_scale: scale})
+                                step_rows: rows})
   return Layers(w.reshape(d, k, c), b.reshape(k, c))
 
-
-def log_softmax(logits: np.ndarray) -> np.ndarray:
-  """log probabilities along the last axis (float64)."""
-  z = logits.astype(np.float64)
-  z -= z.max(-1, keepdims=True)
-  return z - np.log(np.exp(z).sum(-1, keepdims=True))

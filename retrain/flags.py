@@ -5,7 +5,7 @@ agree. `to_config` turns parsed flags into those tuples; nothing else reads
 FLAGS.
 """
 
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple, Union
 
 from absl import flags
 
@@ -34,9 +34,12 @@ GROUPS.group("The pretrained model")
 flags.DEFINE_string("tfhub_module", _M.tfhub_module,
                     "TF-Hub image feature vector module: a URL (downloaded "
                     "and cached by tensorflow_hub; TFHUB_CACHE_DIR is "
-                    "honoured) or a local SavedModel folder.")
+                    "honoured) or a local SavedModel folder. Several, "
+                    "comma-separated: one classifier on all of them.")
 flags.DEFINE_string("graph", _M.graph, "Frozen GraphDef (.pb) of a "
-                    "pretrained CNN, instead of --tfhub_module.")
+                    "pretrained CNN, instead of --tfhub_module. Several, "
+                    "comma-separated (with --tfhub_module too: the graphs, "
+                    "then the modules): one classifier on all of them.")
 flags.DEFINE_string("architecture", None, "The classic tool's model names: "
                     "inception_v3 or mobilenet_<1.0|0.75|0.50|0.25>_"
                     "<224|192|160|128>[_quantized], found in --model_dir (the "
@@ -47,16 +50,22 @@ flags.DEFINE_string("model_dir", _M.model_dir, "Where --architecture models "
                     "(no model flag), it means --architecture=inception_v3.")
 flags.DEFINE_string("input_tensor", None, "--graph: its float image input "
                     "tensor (default: recognised for Inception-v3 and "
-                    "MobileNet v1 graphs).")
+                    "MobileNet v1 graphs). With several models: one value "
+                    "for every graph, or one per model, comma-separated, in "
+                    "model order (empty: recognised).")
 flags.DEFINE_string("bottleneck_tensor", None, "--graph: its bottleneck "
-                    "(penultimate feature) tensor (default: recognised).")
+                    "(penultimate feature) tensor (default: recognised). "
+                    "Several models: as --input_tensor.")
 flags.DEFINE_string("input_size", None, "Model input size HEIGHT,WIDTH (or "
-                    "one number for square), when the model does not tell.")
-flags.DEFINE_float("input_mean", None, "The model takes (pixel - input_mean)"
-                   " / input_std, pixels in [0, 255] (default: recognised "
-                   "graphs; 0 for TF-Hub modules).")
-flags.DEFINE_float("input_std", None, "See --input_mean (default: recognised "
-                   "graphs; 255 for TF-Hub modules).")
+                    "one number for square), when the model does not tell. "
+                    "Several models: one per model, comma-separated, each N "
+                    "or HxW.")
+flags.DEFINE_string("input_mean", None, "The model takes (pixel - input_mean)"
+                    " / input_std, pixels in [0, 255] (default: recognised "
+                    "graphs; 0 for TF-Hub modules). Several models: one "
+                    "value for all, or one per model, comma-separated.")
+flags.DEFINE_string("input_std", None, "See --input_mean (default: "
+                    "recognised graphs; 255 for TF-Hub modules).")
 flags.DEFINE_bool("allow_unsafe_graph_ops", _M.allow_unsafe_graph_ops,
                   "Import a model even if its graph has ops that read or "
                   "write files or run code (see retrain/safety.py). Only for "
@@ -327,26 +336,89 @@ def from_argv(argv) -> Tuple[RunConfig, HParams, ModelOptions]:
   return to_config(FLAGS)
 
 
-def to_config(f=FLAGS) -> Tuple[RunConfig, HParams, ModelOptions]:
-  """The parsed flags as the library's config tuples."""
-  graph_given = bool(f.graph)
-  if graph_given and f["tfhub_module"].present:
-    raise UserError("--graph and --tfhub_module both given; pass only one "
-                    "model")
+def _split(text: Optional[str]) -> List[str]:
+  return [part.strip() for part in (text or "").split(",")]
+
+
+def _per_model(f, flag: str, count: int) -> List[str]:
+  """--flag's values, one per model: one value for every model, or a
+  comma-separated list with one per model ("" where not given)."""
+  value = f[flag].value
+  if value is None or value == "":
+    return [""] * count
+  parts = _split(value)
+  if flag == "input_size" and count == 1:
+    return [value]
+  if len(parts) == 1:
+    return parts * count
+  if len(parts) != count:
+    raise UserError(
+        f"--{flag}={value}: {len(parts)} values for {count} models; give "
+        "one value (for every model) or one per model, comma-separated, in "
+        "model order (--graph's, then --tfhub_module's)")
+  return parts
+
+
+def _float(flag: str, text: str) -> Optional[float]:
+  if not text:
+    return None
+  try:
+    return float(text)
+  except ValueError:
+    raise UserError(f"--{flag}={text}: not a number") from None
+
+
+def model_options(f=FLAGS) -> Union[ModelOptions, Tuple[ModelOptions, ...]]:
+  """The model flags as ModelOptions, or a tuple of them for several
+  models (--graph's, then --tfhub_module's, each in the order given)."""
   architecture = _architecture(f)
+  graphs = [g for g in _split(f.graph) if g] if f.graph else []
+  modules = ([m for m in _split(f.tfhub_module) if m]
+             if (f["tfhub_module"].present or not graphs) and
+             not architecture else [])
+  if architecture:
+    if f.graph:
+      raise UserError(f"--architecture={architecture} and --graph both "
+                      "name the model; pass one")
+    graphs = []
+  kinds = ["graph"] * len(graphs) + ["tfhub_module"] * len(modules)
+  count = max(len(kinds), 1)
+  values = {flag: _per_model(f, flag, count) for flag in (
+      "input_tensor", "bottleneck_tensor", "input_size", "input_mean",
+      "input_std")}
   for flag in ("input_tensor", "bottleneck_tensor"):
-    if f[flag].value is not None and not (graph_given or architecture):
+    given = f[flag].value is not None and f[flag].value != ""
+    if given and not (graphs or architecture):
       raise UserError(f"--{flag} applies to --graph and --architecture only;"
                       " TF-Hub modules name their tensors in their signature")
-  model = ModelOptions(
-      graph=f.graph,
-      tfhub_module="" if graph_given or architecture else f.tfhub_module,
-      architecture=architecture, model_dir=f.model_dir,
-      input_tensor=f.input_tensor, bottleneck_tensor=f.bottleneck_tensor,
-      input_size=parse_input_size(f.input_size), input_mean=f.input_mean,
-      input_std=f.input_std,
-      allow_unsafe_graph_ops=f.allow_unsafe_graph_ops,
-      preprocessing=f.preprocessing)
+    if given and len(_split(f[flag].value)) > 1:
+      for kind, value in zip(kinds, values[flag]):
+        if value and kind == "tfhub_module":
+          raise UserError(f"--{flag}={f[flag].value}: a value for a "
+                          "--tfhub_module model; leave its place empty")
+    values[flag] = [v if kind != "tfhub_module" else ""
+                    for kind, v in zip(kinds or ["graph"], values[flag])]
+  models = []
+  for i, kind in enumerate(kinds or ["graph"]):
+    models.append(ModelOptions(
+        graph=graphs[i] if kind == "graph" and i < len(graphs) else "",
+        tfhub_module=(modules[i - len(graphs)] if kind == "tfhub_module"
+                      else ""),
+        architecture=architecture, model_dir=f.model_dir,
+        input_tensor=values["input_tensor"][i] or None,
+        bottleneck_tensor=values["bottleneck_tensor"][i] or None,
+        input_size=parse_input_size(values["input_size"][i]),
+        input_mean=_float("input_mean", values["input_mean"][i]),
+        input_std=_float("input_std", values["input_std"][i]),
+        allow_unsafe_graph_ops=f.allow_unsafe_graph_ops,
+        preprocessing=f.preprocessing))
+  return models[0] if len(models) == 1 else tuple(models)
+
+
+def to_config(f=FLAGS) -> Tuple[RunConfig, HParams, ModelOptions]:
+  """The parsed flags as the library's config tuples (the model: a tuple
+  of ModelOptions for several models)."""
+  model = model_options(f)
   hparams = HParams(
       how_many_training_steps=f.how_many_training_steps,
       learning_rate=f.learning_rate, train_batch_size=f.train_batch_size,
@@ -391,4 +463,8 @@ def to_config(f=FLAGS) -> Tuple[RunConfig, HParams, ModelOptions]:
       random_scale=f.random_scale, random_brightness=f.random_brightness,
       augmentation_copies=f.augmentation_copies, audit=f.audit,
       dedupe=f.dedupe, exclude_from_training=f.exclude_from_training)
+  if hparams.fine_tuning() and not isinstance(model, ModelOptions):
+    raise UserError("--fine_tune_layers/--fine_tune_from: fine-tuning works "
+                    f"on one model, and {len(model)} are given; fine-tune "
+                    "each alone, or train one layer on all")
   return config, hparams, model

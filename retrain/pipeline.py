@@ -226,6 +226,10 @@ def load_inputs(config: RunConfig, model_options: ModelOptions,
   image_lists = images.list_images(config.image_dir, config.testing_percentage,
                                    config.validation_percentage)
   fx = load_feature_extractor(model_options, config.bottleneck_dir)
+  if hparams.fine_tuning() and fx.members:
+    raise UserError("--fine_tune_layers/--fine_tune_from: fine-tuning works "
+                    f"on one model, and {len(fx.members)} are given; "
+                    "fine-tune each alone, or train one layer on all")
   if hparams.fine_tuning():
     cuts.choose_cut(fx.graph_def, fx.bottleneck_tensor,
                     hparams.fine_tune_layers, hparams.fine_tune_from or None)
@@ -233,9 +237,16 @@ def load_inputs(config: RunConfig, model_options: ModelOptions,
     logging.warning("%s", warning)
   logging.info("%d classes: %s", len(image_lists.labels),
                ", ".join(image_lists.labels))
-  logging.info("Model %s: input %s %dx%d, bottleneck %s (%d-d)", fx.source,
-               fx.input_tensor, *fx.input_size, fx.bottleneck_tensor,
-               fx.bottleneck_size)
+  for model in fx.members or [fx]:
+    logging.info("Model %s: input %s %dx%d, bottleneck %s (%d-d)",
+                 model.source, model.input_tensor, *model.input_size,
+                 model.bottleneck_tensor, model.bottleneck_size)
+  if fx.members:
+    logging.info("%d models, one classifier: it takes %dx%d images at %s "
+                 "(scaled as the largest model takes them); its features "
+                 "are each model's, L2-normalised, side by side (%d-d)",
+                 len(fx.members), *fx.input_size, fx.input_tensor,
+                 fx.bottleneck_size)
   return Inputs(image_lists, fx)
 
 

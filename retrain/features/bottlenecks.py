@@ -137,7 +137,13 @@ def compute_bottlenecks(image_lists: images.ImageLists, fx: FeatureExtractor,
   With augmentation, the training set also holds `config.copies()` distorted
   copies of every training image, each cached under its own model tag.
   Returns (sets, fill result of the originals, augmented vectors computed).
+  Several models in one (fx.parts): each model's vectors cached under its
+  own tag, joined (combined.join); the counts are summed over the models.
   """
+  if fx.parts:
+    return _joined([compute_bottlenecks(image_lists, part, config,
+                                        random_seed, f"{what} ({part.source})")
+                    for part in fx.parts])
   refs, truth, category = _refs(image_lists)
   result = _fill(cache.BottleneckCache(config.bottleneck_dir, fx.tag), refs,
                  what, _Work(fx), config)
@@ -175,6 +181,24 @@ def compute_bottlenecks(image_lists: images.ImageLists, fx: FeatureExtractor,
   return sets, result, augmented
 
 
+def _joined(results):
+  """compute_bottlenecks' answer for several models from each model's."""
+  from retrain.features import combined  # pylint: disable=g-import-not-at-top
+  filled = [f for _, f, _ in results]
+  failures, seen = [], set()
+  for f in filled:
+    for path, reason in f.failures:
+      if path not in seen:
+        seen.add(path)
+        failures.append((path, reason))
+  ok = np.logical_and.reduce([f.ok for f in filled])
+  return (combined.join([s for s, _, _ in results]),
+          cache.FillResult(None, ok, failures,
+                           sum(f.from_cache for f in filled),
+                           sum(f.computed for f in filled)),
+          sum(a for _, _, a in results))
+
+
 def _refs(image_lists: images.ImageLists
           ) -> Tuple[List[cache.ImageRef], np.ndarray, np.ndarray]:
   """Every listed image's ImageRef, class index (int64) and set name, in
@@ -194,7 +218,15 @@ def cached_bottlenecks(image_lists: images.ImageLists, fx: FeatureExtractor,
                        bottleneck_dir: str
                        ) -> Tuple[Dict[str, LabeledBottlenecks], List[str]]:
   """The originals' bottlenecks that are in the cache, by set, read only
-  (nothing computed or written), and the paths of the images not cached."""
+  (nothing computed or written), and the paths of the images not cached
+  (by any of several models)."""
+  if fx.parts:
+    from retrain.features import combined  # pylint: disable=g-import-not-at-top
+    each = [cached_bottlenecks(image_lists, p, bottleneck_dir)
+            for p in fx.parts]
+    missing = sorted({path for _, m in each for path in m})
+    return ({c: s.in_memory() for c, s in
+             combined.join([s for s, _ in each]).items()}, missing)
   refs, truth, category = _refs(image_lists)
   vectors, found = cache.BottleneckCache(bottleneck_dir, fx.tag).lookup(
       refs, fx.bottleneck_size)

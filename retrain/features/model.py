@@ -11,7 +11,7 @@ import dataclasses
 import hashlib
 import json
 import os
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import tensorflow as tf
@@ -66,6 +66,9 @@ class FeatureExtractor:
     source: what the user passed (graph path or module handle).
     kind: "graph" or "tfhub".
     preprocessing: how images are decoded and resized for it (part of `tag`).
+    members: for several models in one (kind "combined", combined.py): the
+      models as given; parts: the same models as their vectors are
+      extracted and cached (each fed at this model's input size).
   """
   graph_def: tf1.GraphDef
   input_tensor: str
@@ -78,15 +81,21 @@ class FeatureExtractor:
   source: str
   kind: str
   preprocessing: preprocess.Preprocessing = preprocess.Preprocessing()
+  members: Tuple["FeatureExtractor", ...] = ()
+  parts: Tuple["FeatureExtractor", ...] = ()
 
   def describe(self) -> Dict[str, object]:
     """JSON-friendly facts about the model, for exported metadata."""
-    return dict(kind=self.kind, source=self.source, tag=self.tag,
-                input_tensor=self.input_tensor,
-                bottleneck_tensor=self.bottleneck_tensor,
-                input_size=list(self.input_size), input_mean=self.input_mean,
-                input_std=self.input_std, bottleneck_size=self.bottleneck_size,
-                preprocessing=self.preprocessing.describe())
+    facts = dict(kind=self.kind, source=self.source, tag=self.tag,
+                 input_tensor=self.input_tensor,
+                 bottleneck_tensor=self.bottleneck_tensor,
+                 input_size=list(self.input_size), input_mean=self.input_mean,
+                 input_std=self.input_std,
+                 bottleneck_size=self.bottleneck_size,
+                 preprocessing=self.preprocessing.describe())
+    if self.members:
+      facts["models"] = [m.describe() for m in self.members]
+    return facts
 
 
 def build_bottleneck(fx: FeatureExtractor, images: tf.Tensor) -> tf.Tensor:
@@ -121,18 +130,26 @@ def import_cnn(fx: FeatureExtractor, model_input: tf.Tensor) -> tf.Tensor:
   return tf.reshape(out, [-1, fx.bottleneck_size], name="bottleneck")
 
 
-def load_feature_extractor(options: ModelOptions,
+def load_feature_extractor(options: Union[ModelOptions,
+                                         Sequence[ModelOptions]],
                            cache_dir: Optional[str] = None) -> FeatureExtractor:
-  """Loads the model `options` names.
+  """Loads the model `options` names, or several as one (combined.py).
 
   Args:
-    options: the model.
+    options: the model, or a sequence of models.
     cache_dir: where a TF-Hub module frozen to a GraphDef is kept (in
       MODULE_CACHE), so later runs skip loading and freezing it (seconds).
   Raises:
     UserError: missing file, not a model, wrong tensor names, a module that
       is not an image feature vector, or a handle that cannot be downloaded.
   """
+  if not isinstance(options, ModelOptions):
+    options = list(options)
+    if len(options) != 1:
+      from retrain.features import combined  # pylint: disable=g-import-not-at-top
+      return combined.combine([load_feature_extractor(o, cache_dir)
+                               for o in options])
+    options = options[0]
   if options.architecture:  # The classic tool's name for a frozen graph.
     from retrain.features import classic_models  # pylint: disable=g-import-not-at-top
     options = classic_models.resolve(options)

@@ -35,7 +35,7 @@ from retrain.features.model import FeatureExtractor, load_feature_extractor
 from retrain.features.sets import LabeledBottlenecks
 from retrain.reports import phases, report, report_html
 from retrain.reports.progress import Progress
-from retrain.training import finetune, regularization, train
+from retrain.training import finetune, per_model, regularization, train
 
 tf1 = tf.compat.v1
 
@@ -135,6 +135,8 @@ def run(config: RunConfig, hparams: HParams = HParams(),
   # training: its numpy products would share the cores with it.
   choice = clock.timed("search", choose_regularization, inputs, data, config,
                        hparams)
+  scores = clock.timed("models", compare_models, inputs, data, choice,
+                       config, hparams) if inputs.fx.members else []
   template = _in_background(export.cached_inference_graph_template,
                             inputs.fx, config.final_tensor_name,
                             config.bottleneck_dir)
@@ -151,7 +153,8 @@ def run(config: RunConfig, hparams: HParams = HParams(),
   outputs = layer.outputs + clock.timed("export", export_model, inputs, data,
                                         final, evaluation, config, hparams)
   if evaluation is not None:  # Where the time went, so far: report.json.
-    evaluation = dict(evaluation, phases=clock.taken())
+    evaluation = dict(evaluation, phases=clock.taken(),
+                      **({"models": scores} if scores else {}))
   outputs += clock.timed("reports", write_reports, inputs, data, layer, tuned,
                          evaluation, config, hparams, audit)
   for path in outputs:
@@ -360,6 +363,19 @@ def choose_regularization(inputs: Inputs, data: Bottlenecks,
                                  config.bottleneck_dir)
   logging.info("%s", choice.describe())
   return choice
+
+
+def compare_models(inputs: Inputs, data: Bottlenecks, choice:
+                   regularization.Choice, config: RunConfig,
+                   hparams: HParams) -> List[Dict[str, object]]:
+  """With several models, each alone and the combination scored the same
+  way, with time per photo and size (training/per_model.py); logged. Empty
+  for one model."""
+  scores = per_model.compare(inputs.fx, data.sets, len(inputs.labels),
+                             hparams, choice, config.bottleneck_dir)
+  for score in scores:
+    logging.info("Model %s", score.describe())
+  return [dataclasses.asdict(score) for score in scores]
 
 
 def train_layer(inputs: Inputs, data: Bottlenecks, config: RunConfig,
@@ -577,6 +593,11 @@ def write_reports(inputs: Inputs, data: Bottlenecks, layer: TrainedLayer,
       "regularization": layer.regularization.describe().split(": ", 1)[1],
       "image folder": config.image_dir,
   }
+  for score in evaluation.get("models", []):
+    facts[f"model {score['model']}"] = (
+        f"held-out accuracy {100 * score['accuracy']:.1f}% (cross entropy "
+        f"{score['cross_entropy']:.4f}, {score['scored_on']}), "
+        f"{score['milliseconds']:.1f} ms/photo, {score['megabytes']:.1f} MB")
   curves = [report_html.curve_from_history("new softmax layer",
                                            layer.history)]
   if tuned is not None:

@@ -206,3 +206,19 @@ def join(sets_by_model: Sequence[Dict[str, LabeledBottlenecks]]
   return joined
 
 
+
+
+def columns(sets: Dict[str, LabeledBottlenecks], fx: FeatureExtractor,
+            model: int) -> Dict[str, LabeledBottlenecks]:
+  """The part of the combined sets that model `model` of fx.members gives
+  (its normalised vectors), as views."""
+  start = sum(m.bottleneck_size for m in fx.members[:model])
+  stop = start + fx.members[model].bottleneck_size
+  out = {}
+  for cat, s in sets.items():
+    if isinstance(s.x, JoinedColumns):
+      out[cat] = LabeledBottlenecks(JoinedColumns([s.x.parts[model]]), s.y,
+                                    s.paths, s.rows)
+    else:
+      out[cat] = LabeledBottlenecks(s.x[:, start:stop], s.y, s.paths, s.rows)
+  return out

@@ -301,7 +301,7 @@ def test_demo_page_classifies_a_photo_in_chromium(exports, photos, tmp_path):
 
 
 @pytest.mark.parametrize("model", ["tfhub_mobilenet", "efficientnet_lite0",
-                                   "fine_tuned_mobilenet"])
+                                   "fine_tuned_mobilenet", "two_models"])
 def test_tfjs_export_of_other_models_runs_in_node(shared, tmp_path, model):
   """A TF-Hub SavedModel, EfficientNet-Lite0 (residual blocks, another
   family) and a fine-tuned model (trained values written back into the
@@ -315,6 +315,11 @@ def test_tfjs_export_of_other_models_runs_in_node(shared, tmp_path, model):
   if model == "tfhub_mobilenet":
     options = ModelOptions(tfhub_module=os.path.join(
         models, "mobilenet_v1_025_128", "saved_model"))
+  elif model == "two_models":  # One classifier on both (resized inside).
+    options = (ModelOptions(graph=os.path.join(
+        models, "mobilenet_v1_025_224", "frozen_graph.pb")),
+               ModelOptions(tfhub_module=os.path.join(
+                   models, "mobilenet_v1_025_128", "saved_model")))
   elif model == "fine_tuned_mobilenet":
     options = ModelOptions(graph=os.path.join(
         models, "mobilenet_v1_025_128", "frozen_graph.pb"))

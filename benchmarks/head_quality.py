@@ -1,14 +1,16 @@
 """The new layer's accuracy against a tuned linear classifier, side by side.
 
   python benchmarks/head_quality.py
-      [--models=mobilenet_v1_075_224,efficientnet_lite0,efficientnet_lite2]
+      [--models=mobilenet_v1_075_224,efficientnet_lite0,efficientnet_lite2,
+            efficientnet_lite2+mobilenet_v1_075_224,...]
       [--datasets=flower_photos_dev,cats_dogs_small] [--folds=5]
       [--stage2] [--fine_tune_layers=2] [--work_dir=DIR]
 
 k-fold cross-validation on each shared data set (fold k's test photos are
 those whose name hashes to k; of the rest, 1 in 8 validate and the others
-train, as in benchmarks/fine_tune.py). On the same cached bottlenecks of
-each fold:
+train, as in benchmarks/fine_tune.py). A model named A+B is one
+classifier on several models (as --graph=A,B trains it). On the same cached
+bottlenecks of each fold:
 
 - retrain stage 1 with the classic training (--weight_decay=0
   --label_smoothing=0),
@@ -42,8 +44,12 @@ import common  # pylint: disable=g-import-not-at-top
 from absl import app, flags  # pylint: disable=g-import-not-at-top
 
 flags.DEFINE_list("models", ["mobilenet_v1_075_224", "efficientnet_lite0",
-                             "efficientnet_lite2"],
-                  "Model folders of ../shared/models.")
+                             "efficientnet_lite2",
+                             "efficientnet_lite2+mobilenet_v1_075_224",
+                             "efficientnet_lite2+mobilenet_v1_075_224+"
+                             "efficientnet_lite0"],
+                  "Model folders of ../shared/models; A+B: one classifier "
+                  "on several (retrain --graph=A,B).")
 flags.DEFINE_list("datasets", ["flower_photos_dev", "cats_dogs_small"],
                   "Data set folders of ../shared/datasets.")
 flags.DEFINE_integer("folds", 5, "Cross-validation folds.")
@@ -86,8 +92,8 @@ def run_one(model_name: str, dataset: str, work: str):
       output_graph=os.path.join(work, "unused.pb"),
       output_labels=os.path.join(work, "unused.txt"),
       intermediate_store_frequency=0)
-  fx = load_feature_extractor(common.shared_model_options(model_name),
-                              cache_dir)
+  options = [common.shared_model_options(m) for m in model_name.split("+")]
+  fx = load_feature_extractor(options, cache_dir)
   no_template = concurrent.futures.Future()
   no_template.set_result(None)
   for k in range(FLAGS.folds):
@@ -153,6 +159,9 @@ def main(_):
     import sklearn  # pylint: disable=g-import-not-at-top,unused-import
   except ImportError:
     sys.exit("head_quality.py needs scikit-learn: pip install scikit-learn")
+  if FLAGS.stage2 and any("+" in m for m in FLAGS.models):
+    sys.exit("--stage2: fine-tuning works on one model; list models "
+             "without '+'")
   work = FLAGS.work_dir or tempfile.mkdtemp(prefix="retrain_head_quality_")
   rows = []
   ways = ["classic", "stage1", "logreg", "logreg_train"] + (

@@ -62,6 +62,18 @@ def test_head_quality_benchmark_prints_every_column(shared, tmp_path):
   assert all(20 < float(v) <= 100 for v in row.group(1).split("|")[1:]), out
 
 
+def test_head_quality_benchmark_scores_a_combination(shared, tmp_path):
+  """A+B: one classifier on two models, scored like one model."""
+  helpers.require("sklearn")
+  out = _run("head_quality.py", [
+      "--models=mobilenet_v1_025_224+mobilenet_v1_025_128",
+      "--datasets=flower_photos_dev", "--folds=2", f"--work_dir={tmp_path}"])
+  row = re.search(r"\| flower_photos_dev +\| mobilenet_v1_025_224\+"
+                  r"mobilenet_v1_025_128 +\| 500 +((?:\| [0-9.]+ +){4})", out)
+  assert row, out
+  assert all(60 < float(v) <= 100 for v in row.group(1).split("|")[1:]), out
+
+
 def test_exports_benchmark_prints_every_export(shared, tmp_path):
   out = _run("exports.py", [f"--work_dir={tmp_path}"])
   for name in ("frozen graph", "SavedModel", "TFLite none", "TFLite dynamic",

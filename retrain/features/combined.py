@@ -30,9 +30,10 @@ import tensorflow as tf
 
 from cache.naming import model_tag
 from retrain.errors import UserError
-from retrain.features.model import FeatureExtractor
 from retrain.features.sets import LabeledBottlenecks
 
+# "FeatureExtractor" below: retrain.features.model's, which imports this
+# module (so it is named, not imported, here).
 tf1 = tf.compat.v1
 
 # Bumped when the combined graph or the normalisation changes.
@@ -45,7 +46,7 @@ _RESIZE_INPUT = "retrain_resize/image"
 EPSILON = 1e-12
 
 
-def primary_index(members: Sequence[FeatureExtractor]) -> int:
+def primary_index(members: Sequence["FeatureExtractor"]) -> int:
   """The model whose input the combination takes: the largest (the first
   of equal ones), so that no model sees an image enlarged from a smaller
   one."""
@@ -76,7 +77,8 @@ def _resize(image: tf.Tensor, size: Tuple[int, int]) -> tf.Tensor:
                                    half_pixel_centers=True)
 
 
-def resized(fx: FeatureExtractor, size: Tuple[int, int]) -> FeatureExtractor:
+def resized(fx: "FeatureExtractor",
+            size: Tuple[int, int]) -> "FeatureExtractor":
   """`fx` fed at `size`: the scaled image resized to fx's input inside the
   graph (scaling and bilinear resizing commute). Its own cache tag: its
   vectors are those of photos decoded to `size` first."""
@@ -96,7 +98,7 @@ def resized(fx: FeatureExtractor, size: Tuple[int, int]) -> FeatureExtractor:
                     digest.hexdigest()))
 
 
-def combine(models: Sequence[FeatureExtractor]) -> FeatureExtractor:
+def combine(models: Sequence["FeatureExtractor"]) -> "FeatureExtractor":
   """One FeatureExtractor of several models (see the module docstring);
   its `parts` are the models as their vectors are extracted (`resized`)."""
   if len(models) < 2:
@@ -129,15 +131,17 @@ def combine(models: Sequence[FeatureExtractor]) -> FeatureExtractor:
     tf.concat(vectors, 1, name=FEATURES)
   digest = hashlib.sha1(json.dumps([VERSION, tags, _source_digest()]
                                    ).encode()).hexdigest()
-  return FeatureExtractor(
-      graph.as_graph_def(), input_name + ":0", FEATURES + ":0", size,
-      primary.input_mean, primary.input_std,
-      sum(fx.bottleneck_size for fx in models),
-      model_tag("combined_" + "_".join(t.rsplit("-", 1)[0][:12]
-                                       for t in tags), digest),
-      ",".join(fx.source for fx in models), "combined",
-      primary.preprocessing, tuple(models),
-      tuple(resized(fx, size) for fx in models))
+  # The primary's class, size, scaling and preprocessing (model.py imports
+  # this module: no import back).
+  return dataclasses.replace(
+      primary, graph_def=graph.as_graph_def(),
+      input_tensor=input_name + ":0", bottleneck_tensor=FEATURES + ":0",
+      bottleneck_size=sum(fx.bottleneck_size for fx in models),
+      tag=model_tag("combined_" + "_".join(t.rsplit("-", 1)[0][:12]
+                                           for t in tags), digest),
+      source=",".join(fx.source for fx in models), kind="combined",
+      members=tuple(models),
+      parts=tuple(resized(fx, size) for fx in models))
 
 
 def _first_repeat(items: Sequence[str]) -> str:
@@ -149,7 +153,7 @@ def _first_repeat(items: Sequence[str]) -> str:
   return items[0]
 
 
-def _input_name(primary: FeatureExtractor) -> str:
+def _input_name(primary: "FeatureExtractor") -> str:
   """The primary model's own input name (input, Mul), when it is a plain
   name that the combined graph can use for its input."""
   name = primary.input_tensor.split(":")[0]
@@ -208,7 +212,7 @@ def join(sets_by_model: Sequence[Dict[str, LabeledBottlenecks]]
 
 
 
-def columns(sets: Dict[str, LabeledBottlenecks], fx: FeatureExtractor,
+def columns(sets: Dict[str, LabeledBottlenecks], fx: "FeatureExtractor",
             model: int) -> Dict[str, LabeledBottlenecks]:
   """The part of the combined sets that model `model` of fx.members gives
   (its normalised vectors), as views."""

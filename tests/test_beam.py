@@ -310,3 +310,24 @@ def test_vectors_the_pipeline_did_not_report_are_recovered(
   # Every image has its sidecar now, so the next run reads them all.
   again = pipeline.cache_bottlenecks(beamed_config, HParams(), options)
   assert again.filled.computed == 0
+
+
+def test_several_models_go_through_beam(small_models, color_images,
+                                        tmp_path):
+  """--graph=A --tfhub_module=B with --beam_runner: each model's vectors
+  (the one at another input size through its resizing graph) computed by
+  Beam equal the in-process ones, cached under each model's tag."""
+  options = (ModelOptions(graph=small_models["inception"], tfhub_module=""),
+             ModelOptions(tfhub_module=small_models["hub"]))
+  plain = helpers.run_config(tmp_path / "plain", color_images)
+  beamed = helpers.run_config(tmp_path / "beam", color_images,
+                              beam_runner="DirectRunner")
+  a = pipeline.cache_bottlenecks(plain, HParams(), options)
+  b = pipeline.cache_bottlenecks(beamed, HParams(), options)
+  images = sum(a.sizes.values())
+  assert images and a.filled.computed == b.filled.computed == 2 * images
+  _assert_same_vectors(plain.bottleneck_dir, beamed.bottleneck_dir)
+  for cat, s in a.sets.items():
+    np.testing.assert_allclose(s.take(np.arange(len(s))),
+                               b.sets[cat].take(np.arange(len(s))),
+                               atol=SAME * 10)

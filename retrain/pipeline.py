@@ -375,6 +375,9 @@ def compare_models(inputs: Inputs, data: Bottlenecks, choice:
                              hparams, choice, config.bottleneck_dir)
   for score in scores:
     logging.info("Model %s", score.describe())
+  advice = per_model.advice(scores)
+  if advice:
+    logging.warning("%s", advice)
   return [dataclasses.asdict(score) for score in scores]
 
 

@@ -197,3 +197,15 @@ def test_mediapipe_classifies_the_pairs_tflite(pair_run, tmp_path):
   theirs = np.array(theirs, np.float32)
   np.testing.assert_array_equal(theirs.argmax(1), ours.argmax(1))
   np.testing.assert_allclose(theirs, ours, atol=1e-5)
+
+
+def test_advice_when_one_model_alone_is_as_good():
+  from retrain.training import per_model
+  def score(name, accuracy, entropy, ms):
+    return per_model.ModelScore(name, 8, accuracy, entropy, "cv", ms, 1.0)
+  alone = [score("a", 0.90, 0.30, 5.0), score("b", 0.80, 0.50, 3.0)]
+  said = per_model.advice(alone + [score("a + b", 0.89, 0.31, 8.0)])
+  assert said.startswith("a alone scores as well as all 2 models") and (
+      "5.0 instead of 8.0 ms/photo" in said)
+  assert per_model.advice(alone + [score("a + b", 0.91, 0.28, 8.0)]) == ""
+  assert per_model.advice(alone + [score("a + b", 0.89, 0.28, 8.0)]) == ""

@@ -63,3 +63,22 @@ def compare(fx: FeatureExtractor, sets: Dict[str, LabeledBottlenecks],
       entropy, chosen.scored_on, timing.milliseconds_per_image(fx, memo_root),
       timing.megabytes(fx)))
   return rows
+
+
+def advice(scores: List[ModelScore]) -> str:
+  """A warning when a model alone scores at least as well as the
+  combination (by held-out cross entropy, then accuracy); "" otherwise."""
+  if len(scores) < 3:
+    return ""
+  *alone, both = scores
+  best = min(alone, key=lambda s: (s.cross_entropy, -s.accuracy))
+  if not (best.cross_entropy <= both.cross_entropy and
+          best.accuracy >= both.accuracy):
+    return ""
+  return (f"{best.model} alone scores as well as all {len(alone)} models "
+          f"together (accuracy {100 * best.accuracy:.1f}% vs "
+          f"{100 * both.accuracy:.1f}%, cross entropy "
+          f"{best.cross_entropy:.4f} vs {both.cross_entropy:.4f}) at "
+          f"{best.milliseconds:.1f} instead of {both.milliseconds:.1f} "
+          "ms/photo: the others add little on these photos; consider it "
+          "alone")

@@ -209,3 +209,29 @@ def test_advice_when_one_model_alone_is_as_good():
       "5.0 instead of 8.0 ms/photo" in said)
   assert per_model.advice(alone + [score("a + b", 0.91, 0.28, 8.0)]) == ""
   assert per_model.advice(alone + [score("a + b", 0.89, 0.28, 8.0)]) == ""
+
+
+def test_augmented_copies_are_made_per_model_and_joined(small_models,
+                                                        color_images,
+                                                        tmp_path):
+  """--flip_left_right with several models: each model caches its own
+  copies; the joined training set holds every original and copy once,
+  each row the models' vectors of the same (flipped) photo."""
+  options = (ModelOptions(graph=small_models["inception"], tfhub_module=""),
+             ModelOptions(tfhub_module=small_models["hub"]))
+  config = helpers.run_config(tmp_path, color_images, flip_left_right=True,
+                              augmentation_copies=2)
+  data = pipeline.cache_bottlenecks(config, HParams(), options)
+  fx = load_feature_extractor(options, config.bottleneck_dir)
+  train = data.sets["training"]
+  originals = [p for p in train.paths if "#augmented" not in p]
+  assert len(train) == 3 * len(originals) and originals
+  assert data.augmented_computed == 2 * 2 * len(originals)
+  alone = [pipeline.cache_bottlenecks(config, HParams(), o).sets["training"]
+           for o in options]
+  assert all(a.paths == train.paths for a in alone)
+  x = train.take(np.arange(len(train)))
+  left = combined.normalize(alone[0].take(np.arange(len(train))))
+  np.testing.assert_allclose(x[:, :left.shape[1]], left, rtol=1e-5,
+                             atol=1e-6)
+  assert x.shape[1] == fx.bottleneck_size

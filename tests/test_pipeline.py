@@ -373,4 +373,10 @@ def test_reports_are_written_beside_the_graph(trained):
     page = f.read()
   assert "<script" not in page and "http://" not in page.replace(
       "http://www.w3.org/2000/svg", "")
-  assert page.count("class=thumb") == len(result.report["misclassified"])
+  gallery = (page.split("id=misclassified>")[1].split("<h2")[0]
+             if "id=misclassified>" in page else "")
+  assert gallery.count("class=thumb") == len(result.report["misclassified"])
+  # Every test image is in its confusion-matrix cell's section too.
+  assert page.count("class=thumb") == len(result.report["misclassified"]) + (
+      len(result.report["predictions"]))
+  assert len(result.report["predictions"]) == len(result.test_paths)

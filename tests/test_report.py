@@ -1,6 +1,8 @@
 """Reports checked against values computed by hand."""
 
+import html
 import json
+import re
 
 import numpy as np
 import pytest
@@ -113,6 +115,11 @@ def _curve():
                            [1.1, 0.7, None])
 
 
+def _gallery_part(page):
+  """The misclassified gallery of a report page."""
+  return page.split("id=misclassified>")[1].split("<h2")[0]
+
+
 def test_html_report_has_tables_curves_and_worst_mistakes_first(tmp_path):
   from retrain.reports import report_html
   evaluation = _evaluation(tmp_path)
@@ -121,15 +128,16 @@ def test_html_report_has_tables_curves_and_worst_mistakes_first(tmp_path):
   page = open(path, encoding="utf-8").read()
   assert "<script" not in page
   assert "a&lt;b" in page and "c &amp; d" in page and "a<b" not in page
-  assert page.count("class=thumb") == 3
-  assert page.count("src='data:image/jpeg;base64,") == 3
+  gallery = _gallery_part(page)
+  assert gallery.count("class=thumb") == 3
+  assert gallery.count("src='data:image/jpeg;base64,") == 3
   # Most confident mistake first: img1 (0.9), img2 (0.7), img0 (0.5).
-  order = [page.index(f"img{i}.png</span>") for i in (1, 2, 0)]
+  order = [gallery.index(f"img{i}.png</span>") for i in (1, 2, 0)]
   assert order == sorted(order)
   assert page.count("<polyline") == 4  # Train and validation, 2 charts.
   assert "50.0%" in page  # The accuracy.
   matrix = page.split("id=confusion-matrix>")[1].split("</table>")[0]
-  assert matrix.count("<tr>") == 4 and ">1</td>" in matrix
+  assert matrix.count("<tr>") == 4 and ">1</a></td>" in matrix
 
 
 def test_html_report_gallery_is_capped_and_unreadable_images_named(
@@ -141,7 +149,7 @@ def test_html_report_gallery_is_capped_and_unreadable_images_named(
   os.remove(evaluation["misclassified"][1]["image"])  # img1, the worst.
   path = report_html.write_html(str(tmp_path), evaluation, [_curve()])
   page = open(path, encoding="utf-8").read()
-  assert page.count("class=thumb") == 1
+  assert _gallery_part(page).count("class=thumb") == 1
   assert "(image unreadable)" in page
   assert "and 1 more, listed in report.json" in page
 
@@ -154,3 +162,42 @@ def test_html_report_without_mistakes_or_validation(tmp_path):
   page = report_html.render(evaluation, [curve], {})
   assert "No test image was misclassified" in page
   assert page.count("<polyline") == 2
+
+
+def test_confusion_matrix_cells_open_their_test_images(tmp_path,
+                                                       monkeypatch):
+  """Each non-zero cell links to a section (shown by CSS :target, no
+  script) with that cell's images: thumbnail, predicted and true label,
+  probability; mistakes most confident first, right answers least
+  confident first; capped per cell, the rest counted."""
+  from retrain.reports import report_html
+  evaluation = _evaluation(tmp_path, wrong=3)
+  assert len(evaluation["predictions"]) == 6
+  path = report_html.write_html(str(tmp_path), evaluation, [_curve()])
+  page = open(path, encoding="utf-8").read()
+  assert "<script" not in page and ".cell:target{display:block}" in page
+  matrix = page.split("id=confusion-matrix>")[1].split("</table>")[0]
+  links = re.findall(r"href='#(cell-\d-\d)'>(\d+)</a>", matrix)
+  m = evaluation["confusion_matrix"]
+  assert sorted(links) == sorted(
+      (f"cell-{t}-{p}", str(m[t][p])) for t in range(3) for p in range(3)
+      if m[t][p])
+  for cell, count in links:
+    section = page.split(f"<section class=cell id={cell}>")[1].split(
+        "</section>")[0]
+    assert section.count("class=thumb") == int(count)
+    t, p = int(cell[5]), int(cell[7])
+    assert f"predicted {html.escape(evaluation['labels'][p])}" in section
+    assert section.count(
+        f"true: {html.escape(evaluation['labels'][t])}") == int(count)
+  # Class e (index 2): both right, at 0.8 each; class a<b: img0 wrongly as
+  # c & d (0.5), img1 too (0.9): the more confident mistake first.
+  cell = page.split("<section class=cell id=cell-0-1>")[1]
+  assert cell.index("img1.png") < cell.index("img0.png")
+  assert "(0.900)" in cell
+  monkeypatch.setattr(report_html, "MAX_CELL_PHOTOS", 1)
+  page = open(report_html.write_html(str(tmp_path), evaluation, [_curve()]),
+              encoding="utf-8").read()
+  cell = page.split("<section class=cell id=cell-0-1>")[1].split(
+      "</section>")[0]
+  assert cell.count("<figure>") == 1 and "and 1 more" in cell

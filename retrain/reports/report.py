@@ -53,6 +53,13 @@ def classification_report(truth: np.ndarray, predicted: np.ndarray,
       return float(values.mean()) if len(values) else 0.0
     return float((values * weights).sum() / weights.sum()) if weights.sum(
     ) else 0.0
+  predictions = []  # Every test image, in order: the matrix's cells.
+  for k in range(len(truth)):
+    row = dict(image=paths[k] if len(paths) else None,
+               true=labels[truth[k]], predicted=labels[predicted[k]])
+    if probabilities is not None:
+      row["probability"] = float(probabilities[k, predicted[k]])
+    predictions.append(row)
   misclassified = []
   for k in np.flatnonzero(truth != predicted):
     row = dict(image=paths[k] if len(paths) else None,
@@ -66,7 +73,8 @@ def classification_report(truth: np.ndarray, predicted: np.ndarray,
       macro_avg={k: average(k) for k in ("precision", "recall", "f1")},
       weighted_avg={k: average(k, support)
                     for k in ("precision", "recall", "f1")},
-      confusion_matrix=m.tolist(), misclassified=misclassified)
+      confusion_matrix=m.tolist(), misclassified=misclassified,
+      predictions=predictions)
 
 
 def format_report(report: Dict[str, object]) -> str:

@@ -11,7 +11,7 @@ import base64
 import datetime
 import html
 import os
-from typing import Dict, Mapping, NamedTuple, Optional, Sequence
+from typing import Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 from cache import fs
 from retrain.reports import audit_html
@@ -21,6 +21,11 @@ REPORT_HTML = "report.html"
 # Misclassified images shown as thumbnails; the rest are counted (all of
 # them are listed in report.json).
 MAX_GALLERY = 200
+# Photos shown in a confusion-matrix cell (mistakes: most confident first;
+# right answers: least confident first), and in all cells together; every
+# test image is listed in report.json ("predictions").
+MAX_CELL_PHOTOS = 24
+MAX_MATRIX_PHOTOS = 600
 THUMBNAIL_SIZE = 160  # Longest side, in pixels.
 
 _TRAIN_COLOR = "#1f77b4"
@@ -90,13 +95,15 @@ border-bottom:1px solid #ddd;padding-bottom:4px}
 table{border-collapse:collapse;font-size:.92em}
 td,th{padding:4px 10px;border:1px solid #ddd;text-align:right}
 th{background:#f5f5f5}td.l,th.l{text-align:left}
-table.matrix td{min-width:44px;text-align:center}
+table.matrix td{min-width:44px;text-align:center}table.matrix a{color:inherit}
 .charts{display:flex;flex-wrap:wrap;gap:16px}
 .gallery{display:flex;flex-wrap:wrap;gap:12px}
 figure{margin:0;width:176px;font-size:.8em;border:1px solid #ddd;
 padding:6px;border-radius:4px}
 figure img{display:block;max-width:160px;max-height:160px;margin:0 auto 4px}
-figcaption{word-break:break-all}.wrong{color:#b00}
+figcaption{word-break:break-all}.wrong{color:#b00}.right{color:#070}
+.cell{display:none;border:1px solid #ddd;padding:8px 12px;margin:12px 0}
+.cell:target{display:block}.cell h3{font-size:1em;margin:4px 0 8px}
 """
 
 
@@ -137,9 +144,11 @@ def _matrix_table(evaluation: Mapping) -> str:
       color = (f"rgba(31,119,180,{share:.3f})" if diagonal
                else f"rgba(214,39,40,{share:.3f})")
       ink = "#fff" if share > 0.5 else "#222"
+      text = (f"<a href='#{_cell_id(labels.index(label), j)}'>{value}</a>"
+              if value else "0")
       cells.append(f"<td style='background:{color};color:{ink}' "
                    f"title='{_e(label)} predicted as {_e(labels[j])}: "
-                   f"{value}'>{value}</td>")
+                   f"{value}'>{text}</td>")
     rows.append(f"<tr><th class=l>{_e(label)}</th>{''.join(cells)}</tr>")
   return f"<table class=matrix id=confusion-matrix>{head}{''.join(rows)}</table>"
 
@@ -204,6 +213,74 @@ def _chart(title: str, curves: Sequence[Curve], train_key: str,
   return "".join(parts)
 
 
+def _cell_id(true: int, predicted: int) -> str:
+  return f"cell-{true}-{predicted}"
+
+
+def _cells(evaluation: Mapping) -> Dict[Tuple[int, int], list]:
+  """The test images of each confusion-matrix cell (true, predicted), in
+  the order shown: mistakes most confident first, right answers least
+  confident first."""
+  index = {label: i for i, label in enumerate(evaluation["labels"])}
+  cells: Dict[Tuple[int, int], list] = {}
+  for row in evaluation.get("predictions", []):
+    cells.setdefault((index[row["true"]], index[row["predicted"]]),
+                     []).append(row)
+  for (t, p), rows in cells.items():
+    sign = -1.0 if t != p else 1.0
+    rows.sort(key=lambda r: sign * r.get("probability", 0.0))
+  return cells
+
+
+def matrix_photos(evaluation: Mapping) -> List[str]:
+  """The paths the confusion-matrix cells show (at most MAX_CELL_PHOTOS a
+  cell, MAX_MATRIX_PHOTOS in all: mistakes first)."""
+  cells = _cells(evaluation)
+  order = sorted(cells, key=lambda c: (c[0] == c[1], c))
+  shown: List[str] = []
+  for cell in order:
+    for row in cells[cell][:MAX_CELL_PHOTOS]:
+      if len(shown) >= MAX_MATRIX_PHOTOS:
+        return shown
+      if row.get("image"):
+        shown.append(row["image"])
+  return shown
+
+
+def _figure(row: Mapping, thumbs: Mapping[str, str], wrong: bool) -> str:
+  uri = thumbs.get(row["image"])
+  picture = (f"<img class=thumb src='{uri}' alt='{_e(row['image'])}'>"
+             if uri else "<div class=missing>(not shown)</div>")
+  probability = (f" ({row['probability']:.3f})" if "probability" in row
+                 else "")
+  ink = "wrong" if wrong else "right"
+  return (f"<figure>{picture}<figcaption>"
+          f"<b class={ink}>{_e(row['predicted'])}</b>{probability}<br>"
+          f"true: {_e(row['true'])}<br>"
+          f"<span class=meta>{_e(os.path.basename(str(row['image'])))}"
+          f"</span></figcaption></figure>")
+
+
+def _cell_sections(evaluation: Mapping, thumbs: Mapping[str, str]) -> str:
+  """One section per non-empty cell, shown when its number is clicked
+  (CSS :target; no script)."""
+  labels = evaluation["labels"]
+  out = []
+  for (t, p), rows in sorted(_cells(evaluation).items()):
+    figures = "".join(_figure(r, thumbs, t != p)
+                      for r in rows[:MAX_CELL_PHOTOS])
+    more = len(rows) - MAX_CELL_PHOTOS
+    note = (f"<p class=meta>and {more} more, listed in report.json "
+            "(predictions).</p>" if more > 0 else "")
+    out.append(
+        f"<section class=cell id={_cell_id(t, p)}><h3>true "
+        f"{_e(labels[t])}, predicted {_e(labels[p])}: {len(rows)} test "
+        f"image{'s' if len(rows) != 1 else ''}</h3><div class=gallery>"
+        f"{figures}</div>{note}<p class=meta><a href='#confusion-matrix'>"
+        "close</a></p></section>")
+  return "".join(out)
+
+
 def _worst_first(evaluation: Mapping) -> list:
   """The misclassified test images, most confident mistake first."""
   return sorted(evaluation["misclassified"],
@@ -264,8 +341,9 @@ def render(evaluation: Mapping, curves: Sequence[Curve],
       f"{_summary_table(evaluation, facts)}"
       "<h2>Per class</h2>" + _per_class_table(evaluation) +
       "<h2>Confusion matrix</h2><p class=meta>rows: true class; columns: "
-      "predicted class; shade: share of the row.</p>" +
-      _matrix_table(evaluation) +
+      "predicted class; shade: share of the row; click a number for its "
+      "test images.</p>" +
+      _matrix_table(evaluation) + _cell_sections(evaluation, thumbs) +
       f"<h2>Training</h2><p class=meta>{_e(stages)}; train values are "
       "measured on each step's batch, validation values on the validation "
       "sample.</p>"
@@ -283,7 +361,7 @@ def write_html(folder: str, evaluation: Mapping, curves: Sequence[Curve],
                audit: Optional[Mapping] = None) -> str:
   """Writes report.html (atomically) into `folder`; returns its path."""
   shown = [r["image"] for r in _worst_first(evaluation)[:MAX_GALLERY]
-           if r.get("image")]
+           if r.get("image")] + matrix_photos(evaluation)
   if audit:
     shown += audit_html.shown_paths(audit)
   thumbs = thumbnails(list(dict.fromkeys(shown)))

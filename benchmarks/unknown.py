@@ -78,10 +78,10 @@ def scores(x, y, classes, known, unknown):
   nearest_mean = lambda v: 1 - (unknown_lib.unit_rows(v) @ means.T).max(1)
   out["cosine to nearest class mean"] = (nearest_mean(known),
                                          nearest_mean(unknown))
-  for k, limit in ((1, len(x)), (5, len(x)), (10, len(x)), (5, 500)):
-    score = unknown_lib.NeighbourScore.fit(x, y, limit, k)
-    kept = "all" if limit >= len(x) else str(limit)
-    out[f"cosine to {k}th nearest ({kept} kept)"] = (score(known),
+  for k, limit in ((1, None), (5, None), (10, None), (5, 500)):
+    score = unknown_lib.NeighbourScore.fit(x, y, limit or len(x), k)
+    kept = f"at most {limit}" if limit else "all"
+    out[f"cosine to nearest k={k} ({kept} kept)"] = (score(known),
                                                       score(unknown))
   return out
 

@@ -74,6 +74,21 @@ def test_head_quality_benchmark_scores_a_combination(shared, tmp_path):
   assert all(60 < float(v) <= 100 for v in row.group(1).split("|")[1:]), out
 
 
+def test_unknown_benchmark_scores_every_way(shared, tmp_path):
+  out = _run("unknown.py", ["--models=mobilenet_v1_025_128", "--folds=2",
+                            f"--work_dir={tmp_path}"])
+  rows = re.findall(r"\| mobilenet_v1_025_128 \| (\S+) +\| \S+ +\| \d+ +\| "
+                    r"([^|]+?) +\| ([0-9.]+) \| ([0-9.]+) +\| ([0-9.]+) ",
+                    out)
+  assert len(rows) == 2 * 7, out
+  for _, _, auroc, rejected, known in rows:
+    assert 0.5 < float(auroc) <= 1 and 0 <= float(rejected) <= 100
+    assert float(known) <= 30
+  best = {k: float(a) for k, name, a, _, _ in rows
+          if name.startswith("cosine to nearest k=5 (all")}
+  assert min(best.values()) > 0.9, out
+
+
 def test_exports_benchmark_prints_every_export(shared, tmp_path):
   out = _run("exports.py", [f"--work_dir={tmp_path}"])
   for name in ("frozen graph", "SavedModel", "TFLite none", "TFLite dynamic",

@@ -78,11 +78,22 @@ def subset_images(image_dir: str, count: int, folder: str) -> str:
 
 
 def model_choice(graph=None, tfhub_module=None):
-  """(ModelOptions, the matching command-line flags) for the model to use.
+  """(ModelOptions, the matching command-line flags) for the model to use;
+  for several comma-separated graphs, a tuple of ModelOptions.
 
   Default: the shared MobileNet v1 0.25/128 frozen graph.
   """
   from retrain.config import ModelOptions  # pylint: disable=g-import-not-at-top
+  if graph and "," in graph:  # Several models: one classifier on all.
+    chosen = [model_choice(g) for g in graph.split(",")]
+    keys = sorted({f.split("=")[0] for _, flags in chosen
+                   for f in flags[1:]})
+    def value(options, key):
+      v = getattr(options, key[2:])
+      return "" if v is None else (f"{v[0]}x{v[1]}" if isinstance(v, tuple)
+                                   else str(v))
+    return (tuple(o for o, _ in chosen), [f"--graph={graph}"] + [
+        f"{k}={','.join(value(o, k) for o, _ in chosen)}" for k in keys])
   if tfhub_module:
     return (ModelOptions(tfhub_module=tfhub_module),
             [f"--tfhub_module={tfhub_module}"])

@@ -299,7 +299,8 @@ def test_report_html_renders_in_a_browser(flower_run, tmp_path):
   matrix = dom.split('id="confusion-matrix"')[1].split("</table>")[0]
   assert matrix.count("<tr>") == len(result.labels) + 1
   assert dom.count("<svg") == 2 and dom.count("<polyline") == 4
-  assert dom.count('class="thumb"') == wrong
+  # The gallery's, and every test image in its confusion-matrix cell.
+  assert dom.count('class="thumb"') == wrong + len(result.test_paths)
   # Every picture decodes: the misclassified ones and the audit's.
   assert f'data-loaded-images="{dom.count("<img")}"' in dom
   assert dom.count("<img") >= wrong

@@ -149,3 +149,23 @@ def cached_vectors(root):
         cache.verify(f.read())
       out[rel] = cache.read_vector(os.path.join(root, rel))
   return out
+
+
+def mediapipe_probabilities(tflite_path, image_paths, labels):
+  """MediaPipe Tasks' ImageClassifier on a .tflite (its metadata only):
+  (float32 [n, classes] in `labels` order, the class names it gave for
+  each image). Skips without mediapipe (fails under CI=true)."""
+  mp = require("mediapipe")
+  from mediapipe.tasks.python import BaseOptions, vision  # pylint: disable=g-import-not-at-top
+  options = vision.ImageClassifierOptions(
+      base_options=BaseOptions(model_asset_path=tflite_path),
+      max_results=len(labels))
+  rows, names = [], []
+  with vision.ImageClassifier.create_from_options(options) as classifier:
+    for path in image_paths:
+      categories = classifier.classify(
+          mp.Image.create_from_file(path)).classifications[0].categories
+      names.append({c.category_name for c in categories})
+      score = {c.category_name: c.score for c in categories}
+      rows.append([score[label] for label in labels])
+  return np.array(rows, np.float32), names

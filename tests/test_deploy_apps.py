@@ -99,24 +99,13 @@ def test_mediapipe_classifies_the_tflite_exports(exports, photos, quantize):
   """MediaPipe Tasks' ImageClassifier loads each export with no other file,
   names the classes, and equals label_image on the same .tflite (within
   1e-5 for float; top-1 for all) on images already at the model's size."""
-  mp = helpers.require("mediapipe")
-  from mediapipe.tasks.python import BaseOptions, vision  # pylint: disable=g-import-not-at-top
   config, result = exports[quantize]
   paths, _ = photos
   _, ours, skipped = load_classifier(config.tflite_output).classify(paths)
   assert not skipped
-  options = vision.ImageClassifierOptions(
-      base_options=BaseOptions(model_asset_path=config.tflite_output),
-      max_results=len(result.labels))
-  with vision.ImageClassifier.create_from_options(options) as classifier:
-    theirs = []
-    for path in paths:
-      categories = classifier.classify(
-          mp.Image.create_from_file(path)).classifications[0].categories
-      assert {c.category_name for c in categories} == set(result.labels)
-      score = {c.category_name: c.score for c in categories}
-      theirs.append([score[label] for label in result.labels])
-  theirs = np.array(theirs, np.float32)
+  theirs, names = helpers.mediapipe_probabilities(config.tflite_output,
+                                                  paths, result.labels)
+  assert all(n == set(result.labels) for n in names)
   np.testing.assert_array_equal(theirs.argmax(1), ours.argmax(1))
   if quantize == "none":
     np.testing.assert_allclose(theirs, ours, atol=1e-5)

@@ -168,8 +168,7 @@ def test_mediapipe_classifies_the_pairs_tflite(pair_run, tmp_path):
   """MediaPipe Tasks' ImageClassifier on the pair's .tflite (metadata
   inside, no other file) equals label_image on it, on 20 test photos
   already at the input size (PNG: the same pixels for both)."""
-  mp = helpers.require("mediapipe")
-  from mediapipe.tasks.python import BaseOptions, vision  # pylint: disable=g-import-not-at-top
+  helpers.require("mediapipe")
   from PIL import Image  # pylint: disable=g-import-not-at-top
   from retrain.deploy.classifiers import load_classifier
   from retrain.features.extract import ImageDecoder
@@ -184,17 +183,8 @@ def test_mediapipe_classifies_the_pairs_tflite(pair_run, tmp_path):
   finally:
     decoder.close()
   _, ours, _ = load_classifier(config.tflite_output).classify(paths)
-  options = vision.ImageClassifierOptions(
-      base_options=BaseOptions(model_asset_path=config.tflite_output),
-      max_results=len(result.labels))
-  with vision.ImageClassifier.create_from_options(options) as classifier:
-    theirs = []
-    for path in paths:
-      categories = classifier.classify(
-          mp.Image.create_from_file(path)).classifications[0].categories
-      score = {c.category_name: c.score for c in categories}
-      theirs.append([score[label] for label in result.labels])
-  theirs = np.array(theirs, np.float32)
+  theirs, _ = helpers.mediapipe_probabilities(config.tflite_output, paths,
+                                              result.labels)
   np.testing.assert_array_equal(theirs.argmax(1), ours.argmax(1))
   np.testing.assert_allclose(theirs, ours, atol=1e-5)
 

@@ -18,7 +18,11 @@ photos (known) and every unknown photo:
 Scores: 1 - the highest softmax probability; minus the log-sum-exp of the
 logits; cosine distance to the nearest class mean; cosine distance to the
 k-th nearest training photo (training/unknown.py), with all training photos
-kept and with at most 500. Prints each fold as JSON, then the mean table.
+kept and with at most 500. And the unknown class as --unknown_label builds
+it (training/unknown.fit_unknown: k = 5, at most --unknown_keep photos
+kept, the threshold set on the classifier's answers so that --accept of
+the validation photos keep a known class): the shares are of photos it
+answers "unknown". Prints each fold as JSON, then the mean table.
 """
 
 import json
@@ -38,6 +42,7 @@ flags.DEFINE_list("datasets", ["flower_photos_dev", "cats_dogs_small"],
 flags.DEFINE_integer("folds", 5, "Cross-validation folds.")
 flags.DEFINE_float("accept", 0.95, "Share of validation photos accepted.")
 flags.DEFINE_string("work_dir", "", "Cache folder (kept between runs).")
+flags.DEFINE_integer("keep", 1000, "--unknown_keep of the built class.")
 FLAGS = flags.FLAGS
 
 DECAY = 0.01
@@ -86,6 +91,22 @@ def scores(x, y, classes, known, unknown):
   return out
 
 
+def built_class(x, y, validation, test, strange, classes):
+  """The --unknown_label class fitted on (x, y): AUROC of its score, the
+  shares of unknown and known test photos it answers "unknown"."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from retrain.training import solver, unknown as unknown_lib  # pylint: disable=g-import-not-at-top
+  sol = solver.fit(x, y, classes, DECAY)
+  probs = lambda v: unknown_lib.layer_probabilities(v, sol.w, sol.b)
+  fitted = unknown_lib.fit_unknown(x, y, validation, probs(validation),
+                                   FLAGS.accept, FLAGS.keep)
+  answered = lambda v: fitted.extend(probs(v), v).argmax(1) == classes
+  return dict(auroc=unknown_lib.auroc(fitted.score(test),
+                                      fitted.score(strange)),
+              unknown_rejected=float(np.mean(answered(strange))),
+              known_rejected=float(np.mean(answered(test))))
+
+
 def main(_):
   import tempfile  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
@@ -130,6 +151,12 @@ def main(_):
           results.setdefault(name, []).append(row)
           print(json.dumps(dict(model=model, known=known_set, fold=k,
                                 score=name, **row)), flush=True)
+        name = "the unknown class as built (--unknown_label)"
+        row = built_class(x[train], y[train], x[validation], x[test],
+                          strange, classes)
+        results.setdefault(name, []).append(row)
+        print(json.dumps(dict(model=model, known=known_set, fold=k,
+                              score=name, **row)), flush=True)
       seconds = (time.monotonic() - start) / FLAGS.folds
       for name, folds in results.items():
         mean = lambda key: np.mean([f[key] for f in folds])  # pylint: disable=cell-var-from-loop

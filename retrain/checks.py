@@ -27,6 +27,32 @@ def check_config(config: RunConfig, hparams: HParams) -> None:
     raise UserError(str(e)) from None
 
 
+def _check_unknown(config: RunConfig) -> None:
+  """The --unknown_* flags (the label against the classes: load_inputs)."""
+  given = [f for f in ("unknown_dir",) if getattr(config, f)]
+  if not config.unknown_label:
+    if given:
+      raise UserError(f"--{given[0]} is used with --unknown_label; pass "
+                      "--unknown_label=unknown too")
+    return
+  label = config.unknown_label
+  if label != label.strip() or "\n" in label or "\r" in label:
+    raise UserError(f"--unknown_label={label!r}: no leading or trailing "
+                    "spaces or line breaks (it is a line of the labels "
+                    "file)")
+  if not 0 < config.unknown_accept < 1:
+    raise UserError(f"--unknown_accept={config.unknown_accept:g}: must be "
+                    "above 0 and below 1 (the share of known validation "
+                    "photos still answered with a known class)")
+  if config.unknown_keep < 5:
+    raise UserError(f"--unknown_keep={config.unknown_keep}: must be at "
+                    "least 5 (the distance is to the 5th nearest kept "
+                    "training photo)")
+  if config.unknown_dir and not fs.isdir(config.unknown_dir):
+    raise UserError(f"--unknown_dir={config.unknown_dir}: no such folder; "
+                    "pass a folder of photos of none of the classes")
+
+
 def _check_config(config: RunConfig, hparams: HParams) -> None:
   def need(ok: bool, message: str) -> None:
     if not ok:
@@ -49,6 +75,7 @@ def _check_config(config: RunConfig, hparams: HParams) -> None:
     need(fs.isfile(config.exclude_from_training),
          f"--exclude_from_training={config.exclude_from_training}: no such "
          "file; pass the audit.json a run wrote beside its report.json")
+  _check_unknown(config)
   for flag in ("validation_batch_size", "test_batch_size"):
     value = getattr(hparams, flag)
     need(value > 0 or value == -1,

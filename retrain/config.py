@@ -141,6 +141,14 @@ class RunConfig(NamedTuple):
   audit: bool = True
   dedupe: str = "none"  # Or "group": a duplicate group stays in one set.
   exclude_from_training: str = ""  # An audit.json: its findings not trained.
+  # One more class, last, for photos far from every training photo
+  # (training/unknown.py): its label ("": none), the share of known
+  # validation photos it must accept, photos of none of the classes to
+  # report on (never trained on), the training photos kept in the export.
+  unknown_label: str = ""
+  unknown_accept: float = 0.95
+  unknown_dir: str = ""
+  unknown_keep: int = 1000
 
   def distortions(self) -> Distortions:
     return Distortions(self.flip_left_right, self.random_crop,

@@ -239,6 +239,27 @@ flags.DEFINE_string("exclude_from_training", _R.exclude_from_training,
                     "the members of duplicate groups that span classes "
                     "(they stay in validation and test).")
 
+GROUPS.group("The unknown answer (photos of none of the classes)")
+flags.DEFINE_string("unknown_label", _R.unknown_label,
+                    "Add one more class with this label (e.g. unknown), "
+                    "last in the labels: every export answers it for a photo "
+                    "far from all training photos (cosine distance of its "
+                    "bottleneck to the 5th nearest kept training photo, "
+                    "computed inside the model). Empty: no such class.")
+flags.DEFINE_float("unknown_accept", _R.unknown_accept,
+                   "With --unknown_label: the share of the known classes' "
+                   "validation photos the classifier still answers with a "
+                   "known class (sets the distance threshold).")
+flags.DEFINE_string("unknown_dir", _R.unknown_dir,
+                    "With --unknown_label: a folder of photos of none of the "
+                    "classes (any layout), scored and reported (share "
+                    "answered unknown, AUROC); never trained on.")
+flags.DEFINE_integer("unknown_keep", _R.unknown_keep,
+                     "With --unknown_label: at most this many training "
+                     "photos (a stratified sample) are kept in every export "
+                     "to measure the distance to: the export grows by "
+                     "unknown_keep x bottleneck size x 4 bytes.")
+
 GROUPS.group("The bottleneck cache and large data (Beam, cloud paths, memory)")
 flags.DEFINE_string("bottleneck_dir", _R.bottleneck_dir,
                     "Folder of the bottleneck cache.")
@@ -462,7 +483,9 @@ def to_config(f=FLAGS) -> Tuple[RunConfig, HParams, ModelOptions]:
       flip_left_right=f.flip_left_right, random_crop=f.random_crop,
       random_scale=f.random_scale, random_brightness=f.random_brightness,
       augmentation_copies=f.augmentation_copies, audit=f.audit,
-      dedupe=f.dedupe, exclude_from_training=f.exclude_from_training)
+      dedupe=f.dedupe, exclude_from_training=f.exclude_from_training,
+      unknown_label=f.unknown_label, unknown_accept=f.unknown_accept,
+      unknown_dir=f.unknown_dir, unknown_keep=f.unknown_keep)
   if hparams.fine_tuning() and not isinstance(model, ModelOptions):
     raise UserError("--fine_tune_layers/--fine_tune_from: fine-tuning works "
                     f"on one model, and {len(model)} are given; fine-tune "

@@ -36,6 +36,7 @@ from retrain.features.sets import LabeledBottlenecks
 from retrain.reports import phases, report, report_html
 from retrain.reports.progress import Progress
 from retrain.training import finetune, per_model, regularization, train
+from retrain.training import unknown as unknown_class
 
 tf1 = tf.compat.v1
 
@@ -116,8 +117,12 @@ class FinalModel:
   fx: FeatureExtractor
   weights: np.ndarray  # float32 [D, classes]
   biases: np.ndarray  # float32 [classes]
-  test: Predictions
+  test: Predictions  # [n, classes (+ 1 with an unknown class)]
   template: "concurrent.futures.Future[tf1.GraphDef]"  # Its export graph.
+  labels: List[str]  # In output order; the unknown class last.
+  # With --unknown_label: the class (training/unknown.py) and its report.
+  unknown: Optional[unknown_class.UnknownClass] = None
+  unknown_report: Optional[Dict[str, object]] = None
 
 
 def run(config: RunConfig, hparams: HParams = HParams(),
@@ -139,15 +144,18 @@ def run(config: RunConfig, hparams: HParams = HParams(),
                        config, hparams) if inputs.fx.members else []
   template = _in_background(export.cached_inference_graph_template,
                             inputs.fx, config.final_tensor_name,
-                            config.bottleneck_dir)
+                            config.bottleneck_dir, bool(config.unknown_label))
   with Summaries(config.summaries_dir) as summaries:
     layer = clock.timed("training", train_layer, inputs, data, config,
                         hparams, template, summaries, choice)
-    tuned = clock.timed("fine-tuning", fine_tune_top, inputs, layer, config,
-                        hparams, summaries)
+    tuned = clock.timed("fine-tuning", fine_tune_top, inputs, data, layer,
+                        config, hparams, summaries)
     final = final_model(inputs, layer, tuned, template, config)
-    evaluation = evaluate(inputs.labels, final.test, layer, config,
-                          summaries, hparams.how_many_training_steps, audit)
+    if config.unknown_label:
+      final = clock.timed("unknown", add_unknown_class, inputs, data, final,
+                          tuned, config, hparams)
+    evaluation = evaluate(final, layer, config, summaries,
+                          hparams.how_many_training_steps, audit)
   # The model first: a run that stops (a full disk) leaves no reports
   # without the model they describe.
   outputs = layer.outputs + clock.timed("export", export_model, inputs, data,
@@ -161,7 +169,7 @@ def run(config: RunConfig, hparams: HParams = HParams(),
     logging.info("Wrote %s", fs.abspath(path))
   logging.info("%s", clock.describe())
   return RunResult(
-      inputs.labels, evaluation and evaluation["accuracy"], final.test.paths,
+      final.labels, evaluation and evaluation["accuracy"], final.test.paths,
       final.test.truth, final.test.probabilities, layer.history,
       data.filled.failures, data.filled.from_cache, data.filled.computed,
       data.sizes, outputs, final.fx.describe(), final.weights, final.biases,
@@ -228,6 +236,11 @@ def load_inputs(config: RunConfig, model_options: ModelOptions,
   1)."""
   image_lists = images.list_images(config.image_dir, config.testing_percentage,
                                    config.validation_percentage)
+  if config.unknown_label in image_lists.labels:
+    raise UserError(f"--unknown_label={config.unknown_label}: a class of "
+                    f"{config.image_dir} has that label; choose another")
+  if config.unknown_dir:  # A folder without photos: an error now.
+    images.folder_images(config.unknown_dir)
   fx = load_feature_extractor(model_options, config.bottleneck_dir)
   if hparams.fine_tuning() and fx.members:
     raise UserError("--fine_tune_layers/--fine_tune_from: fine-tuning works "
@@ -413,8 +426,12 @@ def train_layer(inputs: Inputs, data: Bottlenecks, config: RunConfig,
           validation_writer=summaries.validation,
           on_interval=exports.intermediate_exporter(
               config, template, lambda: train.final_layer(tg, session),
-              exports.graph_metadata(inputs.fx, inputs.labels, config),
-              written),
+              exports.graph_metadata(inputs.fx, inputs.labels + (
+                  [config.unknown_label] if config.unknown_label else []),
+                                     config),
+              written, unknown_class.UnknownClass.disabled(
+                  inputs.fx.bottleneck_size) if config.unknown_label
+              else None),
           store_every=config.intermediate_store_frequency)
     finally:
       log_eval.close()
@@ -455,14 +472,17 @@ class _EvaluationLog:
     self.progress.close()
 
 
-def fine_tune_top(inputs: Inputs, layer: TrainedLayer, config: RunConfig,
-                  hparams: HParams, summaries: Summaries
+def fine_tune_top(inputs: Inputs, data: Bottlenecks, layer: TrainedLayer,
+                  config: RunConfig, hparams: HParams, summaries: Summaries
                   ) -> Optional[finetune.Stage]:
   """Stage 2 (--fine_tune_layers or --fine_tune_from): the top of the CNN
   and the new layer trained together from cached cut activations; None
-  when not asked for."""
+  when not asked for. With --unknown_label, the kept model's bottlenecks
+  of the photos the unknown class needs come back too."""
   if not hparams.fine_tuning():
     return None
+  unknown_photos = (_unknown_photos(data, layer.test.paths, config, hparams)
+                    if config.unknown_label else {})
   lines: List[_EvaluationLog] = []
 
   def log(point: finetune.StagePoint, steps: int) -> None:
@@ -484,7 +504,8 @@ def fine_tune_top(inputs: Inputs, layer: TrainedLayer, config: RunConfig,
   try:
     return finetune.run_stage(inputs.image_lists, inputs.fx, config, hparams,
                               layer.weights, layer.biases, layer.test.paths,
-                              log, layer.regularization.chosen.weight_decay)
+                              log, layer.regularization.chosen.weight_decay,
+                              unknown_photos or None)
   finally:
     for line in lines:
       line.close()
@@ -503,31 +524,82 @@ def final_model(inputs: Inputs, layer: TrainedLayer,
   validation, else stage 1's."""
   if tuned is None or not tuned.result.improved:
     return FinalModel(inputs.fx, layer.weights, layer.biases, layer.test,
-                      template)
+                      template, inputs.labels)
   test = Predictions(layer.test.paths, layer.test.truth,
                      tuned.result.test_probabilities)
   # Not kept in the cache folder: each fine-tuned model is new.
   return FinalModel(tuned.fx, tuned.result.weights, tuned.result.biases,
                     test, _in_background(export.inference_graph_template,
-                                         tuned.fx, config.final_tensor_name))
+                                         tuned.fx, config.final_tensor_name,
+                                         bool(config.unknown_label)),
+                    inputs.labels)
 
 
-def evaluate(labels: Sequence[str], test: Predictions, layer: TrainedLayer,
+def add_unknown_class(inputs: Inputs, data: Bottlenecks, final: FinalModel,
+                      tuned: Optional[finetune.Stage], config: RunConfig,
+                      hparams: HParams) -> FinalModel:
+  """--unknown_label: the final model with one more class, last, answered
+  for photos far from every kept training photo (training/unknown.py);
+  its threshold accepts --unknown_accept of the validation photos. The
+  test photos' answers gain its column; --unknown_dir photos are scored.
+  Logged; its report in final.unknown_report."""
+  photos = _unknown_photos(data, final.test.paths, config, hparams)
+  if tuned is not None and tuned.result.improved:  # The tuned CNN's.
+    vectors = {name: tuned.result.features[name] for name in photos}
+  else:
+    vectors = {name: _vectors_of(data, paths, inputs.fx.bottleneck_size)
+               for name, paths in photos.items()}
+  truth = {name: _labels_of(data, paths) for name, paths in photos.items()}
+  known = lambda x: unknown_class.layer_probabilities(  # pylint: disable=g-long-lambda
+      x, final.weights, final.biases)
+  validation = known(vectors["validation"])
+  fitted = unknown_class.fit_unknown(
+      vectors["training"], truth["training"], vectors["validation"],
+      validation, config.unknown_accept, config.unknown_keep,
+      seed=hparams.random_seed)
+  accepted = None
+  if len(validation):
+    answers = fitted.extend(validation, vectors["validation"]).argmax(1)
+    accepted = float(np.mean(answers < len(inputs.labels)))
+  test = Predictions(final.test.paths, final.test.truth, fitted.extend(
+      final.test.probabilities, vectors["testing"]))
+  others = {}
+  if config.unknown_dir:
+    x, paths, failures = bottlenecks.folder_bottlenecks(
+        config.unknown_dir, final.fx, config)
+    for path, reason in failures:
+      logging.warning("Skipped %s: %s", path, reason)
+    others = dict(others_x=x, others_paths=paths,
+                  others_probabilities=fitted.extend(known(x), x))
+  report_json = unknown_class.evaluate(
+      fitted, config.unknown_label, config.unknown_accept,
+      vectors["testing"], test.truth, test.probabilities, accepted, **others)
+  logging.info("%s", unknown_class.describe(report_json))
+  return dataclasses.replace(
+      final, test=test, labels=inputs.labels + [config.unknown_label],
+      unknown=fitted, unknown_report=report_json)
+
+
+def evaluate(final: FinalModel, layer: TrainedLayer,
              config: RunConfig, summaries: Summaries, step: int,
              audit: Optional[audit_findings.Audit] = None
              ) -> Optional[Dict[str, object]]:
-  """The test set's classification report (None without test images) with
-  how the new layer was regularized and, after an audit, the accuracy on
-  the test images that leak nothing; logged, and its confusion matrix in
-  TensorBoard."""
+  """The final model's classification report on the test set (None
+  without test images) with how the new layer was regularized, the
+  unknown class's report (an unknown answer counts as an error) and,
+  after an audit, the accuracy on the test images that leak nothing;
+  logged, and its confusion matrix in TensorBoard."""
+  labels, test = final.labels, final.test
   if not len(test.truth):
     logging.warning("No test images: the test accuracy is not measured "
                     "(raise --testing_percentage)")
     return None
   evaluation = report.classification_report(
       test.truth, test.probabilities.argmax(1), labels, test.paths,
-      test.probabilities)
+      test.probabilities, answer_only=int(final.unknown is not None))
   evaluation["regularization"] = layer.regularization.to_json()
+  if final.unknown_report is not None:
+    evaluation["unknown"] = final.unknown_report
   logging.info("Final test accuracy = %.1f%% (N=%d)",
                evaluation["accuracy"] * 100, len(test.truth))
   if audit is not None:
@@ -596,6 +668,12 @@ def write_reports(inputs: Inputs, data: Bottlenecks, layer: TrainedLayer,
       "regularization": layer.regularization.describe().split(": ", 1)[1],
       "image folder": config.image_dir,
   }
+  if evaluation.get("unknown"):
+    unknown = evaluation["unknown"]
+    facts["unknown class"] = (
+        f"{unknown['label']}: {100 * unknown['test_rejected']:.1f}% of the "
+        f"test photos answered so; threshold {unknown['threshold']:.4f} "
+        f"({unknown['megabytes']:.1f} MB in each export)")
   for score in evaluation.get("models", []):
     facts[f"model {score['model']}"] = (
         f"held-out accuracy {100 * score['accuracy']:.1f}% (cross entropy "
@@ -628,14 +706,55 @@ def export_model(inputs: Inputs, data: Bottlenecks, final: FinalModel,
   """Every format the flags ask for (retrain/deploy/exports.py); returns
   the paths written."""
   return exports.export_all(exports.Trained(
-      final.fx, inputs.labels, final.weights, final.biases, final.template,
+      final.fx, final.labels, final.weights, final.biases, final.template,
       final.test.paths, final.test.probabilities,
       [p for p in data.sets[images.TRAINING].paths
        if bottlenecks.AUGMENTED_MARK not in p], data.filled.failures,
-      evaluation and evaluation["accuracy"]), config, hparams.random_seed)
+      evaluation and evaluation["accuracy"], final.unknown), config,
+      hparams.random_seed)
 
 
 # ----------------------------------------------------------------- helpers --
+
+def _unknown_photos(data: Bottlenecks, test_paths: Sequence[str],
+                    config: RunConfig, hparams: HParams
+                    ) -> Dict[str, List[str]]:
+  """The photos the unknown class is made from: at most --unknown_keep
+  original training photos (stratified), every validation photo, and the
+  test photos predicted."""
+  mark = bottlenecks.AUGMENTED_MARK
+  training = data.sets[images.TRAINING]
+  originals = [i for i, p in enumerate(training.paths) if mark not in p]
+  keep = unknown_class.keep_rows(training.y[originals], config.unknown_keep,
+                                 hparams.random_seed)
+  return {"training": [training.paths[originals[i]] for i in keep],
+          "validation": list(data.sets[images.VALIDATION].paths),
+          "testing": list(test_paths)}
+
+
+def _where(data: Bottlenecks, paths: Sequence[str]):
+  """(set, row) of each path, in order."""
+  found = {p: (cat, i) for cat, s in data.sets.items()
+           for i, p in enumerate(s.paths)}
+  return [found[p] for p in paths]
+
+
+def _vectors_of(data: Bottlenecks, paths: Sequence[str],
+                size: int) -> np.ndarray:
+  """float32 [n, size]: the cached bottlenecks of `paths`, in order."""
+  out = np.zeros([len(paths), size], np.float32)
+  places = _where(data, paths)
+  for cat, labeled in data.sets.items():
+    at = [k for k, (c, _) in enumerate(places) if c == cat]
+    if at:
+      out[at] = labeled.take(np.array([places[k][1] for k in at], np.int64))
+  return out
+
+
+def _labels_of(data: Bottlenecks, paths: Sequence[str]) -> np.ndarray:
+  return np.array([data.sets[c].y[i] for c, i in _where(data, paths)],
+                  np.int64)
+
 
 def _stages(layer: TrainedLayer,
             tuned: finetune.Stage) -> List[Dict[str, object]]:

@@ -80,13 +80,16 @@ def test_unknown_benchmark_scores_every_way(shared, tmp_path):
   rows = re.findall(r"\| mobilenet_v1_025_128 \| (\S+) +\| \S+ +\| \d+ +\| "
                     r"([^|]+?) +\| ([0-9.]+) \| ([0-9.]+) +\| ([0-9.]+) ",
                     out)
-  assert len(rows) == 2 * 7, out
+  assert len(rows) == 2 * 8, out
   for _, _, auroc, rejected, known in rows:
     assert 0.5 < float(auroc) <= 1 and 0 <= float(rejected) <= 100
     assert float(known) <= 30
   best = {k: float(a) for k, name, a, _, _ in rows
           if name.startswith("cosine to nearest k=5 (all")}
   assert min(best.values()) > 0.9, out
+  built = {k: (float(r), float(kn)) for k, name, _, r, kn in rows
+           if name.startswith("the unknown class as built")}
+  assert len(built) == 2 and all(r > 50 for r, _ in built.values()), out
 
 
 def test_exports_benchmark_prints_every_export(shared, tmp_path):

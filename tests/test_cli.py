@@ -93,6 +93,18 @@ BAD = [
      "has 1 weight layers below the bottleneck; pass 1 to 1"),
     (["--graph=INCEPTION", "--fine_tune_from=softmax:0"],
      "not a tensor below the bottleneck.*candidates"),
+    (["--graph=INCEPTION", "--unknown_dir=FOLDER"],
+     "--unknown_dir is used with --unknown_label"),
+    (["--graph=INCEPTION", "--unknown_label=unknown", "--unknown_accept=1"],
+     "--unknown_accept=1: must be above 0 and below 1"),
+    (["--graph=INCEPTION", "--unknown_label=unknown", "--unknown_keep=3"],
+     "--unknown_keep=3: must be at least 5"),
+    (["--graph=INCEPTION", "--unknown_label=unknown",
+      "--unknown_dir=MISSING"], "--unknown_dir=.*: no such folder"),
+    (["--graph=INCEPTION", "--unknown_label=red"],
+     "--unknown_label=red: a class of .* has that label"),
+    (["--graph=INCEPTION", "--unknown_label=unknown",
+      "--unknown_dir=EMPTY"], "no images"),
 ]
 
 

@@ -137,6 +137,18 @@ def find_class_images(class_dir: str) -> List[str]:
   return sorted(found)
 
 
+def folder_images(folder: str, label: str = "unknown") -> ImageLists:
+  """Every image below `folder` (nested folders included) as one class's
+  test set: photos to score, never to train on (--unknown_dir)."""
+  folder = folder.rstrip("/") or "/"
+  found = tuple(find_class_images(folder))
+  if not found:
+    raise UserError(f"--unknown_dir={folder}: no images (.jpg, .jpeg, "
+                    ".png, .gif, .bmp, .webp) below it")
+  return ImageLists(fs.dirname(folder), (ClassImages(
+      label, os.path.basename(folder), (), (), found),))
+
+
 def split_images(relpaths: Sequence[str], testing_percentage: float,
                  validation_percentage: float) -> Dict[str, List[str]]:
   """Groups image paths by set, keeping their order."""

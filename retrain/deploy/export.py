@@ -53,6 +53,17 @@ SAVED_MODEL_LABELS = "labels.txt"
 # Names of the retrained layer's constants in every exported graph.
 WEIGHTS_NODE = "final_weights"
 BIASES_NODE = "final_biases"
+# With an unknown class (--unknown_label): the known classes' softmax, the
+# kept training photos' unit bottlenecks [m, D], the neighbour k, the
+# distance threshold and the sigmoid's scale; the ops under UNKNOWN_SCOPE.
+KNOWN_PROBABILITIES = "known_probabilities"
+PROTOTYPES_NODE = "unknown_prototypes"
+K_NODE = "unknown_k"
+THRESHOLD_NODE = "unknown_threshold"
+SCALE_NODE = "unknown_scale"
+UNKNOWN_SCOPE = "unknown"
+# `unknown` of a template: placeholders for the unknown class's constants.
+PLACEHOLDERS = "placeholders"
 
 
 # Inception-v3's JPEG input, kept in exports of graphs that have it.
@@ -65,32 +76,53 @@ LOGITS = "/".join(LOGITS_SCOPE) + "/add"
 
 # Name scopes of the export graph's own ops; classic input names must not
 # fall inside them.
-_SCOPES = ("decode", "scale", "module", LOGITS_SCOPE[0])
+_SCOPES = ("decode", "scale", "module", LOGITS_SCOPE[0], UNKNOWN_SCOPE)
 
 
 def _add_layer(bottleneck: tf.Tensor, bottleneck_size: int, weights, biases,
-               final_tensor_name: str) -> tf.Tensor:
-  """bottleneck [batch, D] -> softmax [batch, classes] of the new layer.
+               final_tensor_name: str, unknown=None) -> tf.Tensor:
+  """bottleneck [batch, D] -> softmax [batch, classes] of the new layer
+  (classes + 1 with an unknown class).
 
   weights [D, classes] and biases [classes]: arrays (made constants), or
   None for placeholders that fill_final_layer turns into constants.
+  unknown: None (no unknown class), a training.unknown.UnknownClass (made
+  constants) or PLACEHOLDERS (filled by fill_final_layer).
   """
-  def layer(value, shape, name):
+  def layer(value, shape, name, dtype=tf.float32):
     if value is None:
-      return tf1.placeholder(tf.float32, shape, name=name)
-    return tf.constant(value, tf.float32, name=name)
+      return tf1.placeholder(dtype, shape, name=name)
+    return tf.constant(value, dtype, name=name)
   w = layer(weights, [bottleneck_size, None], WEIGHTS_NODE)
   b = layer(biases, [None], BIASES_NODE)
   with tf.name_scope(LOGITS_SCOPE[0]), tf.name_scope(LOGITS_SCOPE[1]):
     logits = _named(tf.add(tf.matmul(bottleneck, w), b, name="add"), LOGITS)
-  return tf.nn.softmax(logits, name=final_tensor_name)
+  if unknown is None:
+    return tf.nn.softmax(logits, name=final_tensor_name)
+  known = tf.nn.softmax(logits, name=KNOWN_PROBABILITIES)
+  given = unknown is not PLACEHOLDERS
+  prototypes = layer(unknown.prototypes if given else None,
+                     [None, bottleneck_size], PROTOTYPES_NODE)
+  k = layer(unknown.k if given else None, [], K_NODE, tf.int32)
+  threshold = layer(unknown.threshold if given else None, [], THRESHOLD_NODE)
+  scale = layer(unknown.scale if given else None, [], SCALE_NODE)
+  with tf.name_scope(UNKNOWN_SCOPE):
+    # Cosines to the kept training photos; the k-th largest is the
+    # smallest of the top k.
+    unit = bottleneck * tf.math.rsqrt(tf.maximum(
+        tf.reduce_sum(tf.square(bottleneck), 1, keepdims=True), 1e-12))
+    cosines = tf.matmul(unit, prototypes, transpose_b=True)
+    kth = tf.reduce_min(tf.math.top_k(cosines, k).values, 1, keepdims=True)
+    p = tf.sigmoid((1.0 - kth - threshold) * scale, name="probability")
+  return tf.concat([known * (1.0 - p), p], 1, name=final_tensor_name)
 
 
 def _add_classifier(fx: FeatureExtractor, image: tf.Tensor,
-                    weights, biases, final_tensor_name: str) -> tf.Tensor:
+                    weights, biases, final_tensor_name: str,
+                    unknown=None) -> tf.Tensor:
   """image [batch, H, W, 3] in [0, 255] -> softmax [batch, classes]."""
   return _add_layer(build_bottleneck(fx, image), fx.bottleneck_size, weights,
-                    biases, final_tensor_name)
+                    biases, final_tensor_name, unknown)
 
 
 def classic_inputs(fx: FeatureExtractor,
@@ -105,7 +137,8 @@ def classic_inputs(fx: FeatureExtractor,
   that would clash with the export's own names is left out.
   """
   ours = {IMAGE_INPUT, BYTES_INPUT, final_tensor_name, WEIGHTS_NODE,
-          BIASES_NODE, "bottleneck"}
+          BIASES_NODE, "bottleneck", KNOWN_PROBABILITIES, PROTOTYPES_NODE,
+          K_NODE, THRESHOLD_NODE, SCALE_NODE}
 
   def usable(tensor: str) -> bool:
     node = tensor[:-2]
@@ -130,8 +163,8 @@ def _named(tensor: tf.Tensor, name: str) -> tf.Tensor:
 
 def build_inference_graph_def(fx: FeatureExtractor, weights: np.ndarray,
                               biases: np.ndarray,
-                              final_tensor_name: str = "final_result"
-                              ) -> tf1.GraphDef:
+                              final_tensor_name: str = "final_result",
+                              unknown=None) -> tf1.GraphDef:
   """The pretrained CNN and the retrained layer as one frozen GraphDef.
 
   Optimized for inference: nodes the output does not need are stripped and
@@ -141,14 +174,16 @@ def build_inference_graph_def(fx: FeatureExtractor, weights: np.ndarray,
     fx: the pretrained model.
     weights: float32 [D, classes]; biases: float32 [classes].
     final_tensor_name: name of the softmax output.
+    unknown: an UnknownClass (training/unknown.py): one more class, last.
   """
-  return fill_final_layer(inference_graph_template(fx, final_tensor_name),
-                          weights, biases)
+  return fill_final_layer(
+      inference_graph_template(fx, final_tensor_name, unknown is not None),
+      weights, biases, unknown)
 
 
 def inference_graph_template(fx: FeatureExtractor,
-                             final_tensor_name: str = "final_result"
-                             ) -> tf1.GraphDef:
+                             final_tensor_name: str = "final_result",
+                             unknown: bool = False) -> tf1.GraphDef:
   """build_inference_graph_def with placeholders for the retrained layer.
 
   The slow part of an export (graph building and optimization, about half a
@@ -180,13 +215,14 @@ def inference_graph_template(fx: FeatureExtractor,
       scaled = _named(tf1.placeholder_with_default(scaled, [None, h, w, 3],
                                                    name=name), name)
     _add_layer(import_cnn(fx, scaled), fx.bottleneck_size, None, None,
-               final_tensor_name)
+               final_tensor_name, PLACEHOLDERS if unknown else None)
   return optimize_for_inference(graph, [final_tensor_name])
 
 
 def cached_inference_graph_template(fx: FeatureExtractor,
                                     final_tensor_name: str,
-                                    cache_dir: str) -> tf1.GraphDef:
+                                    cache_dir: str,
+                                    unknown: bool = False) -> tf1.GraphDef:
   """inference_graph_template, kept in `cache_dir` for later runs.
 
   The key covers the model tag (model, tensors, scaling, preprocessing), the
@@ -194,8 +230,8 @@ def cached_inference_graph_template(fx: FeatureExtractor,
   build the graph, so any change rebuilds it. A cached file that does not
   parse or holds an unsafe op is rebuilt, never used.
   """
-  h = hashlib.sha1(json.dumps([fx.tag, final_tensor_name,
-                               tf.__version__]).encode())
+  h = hashlib.sha1(json.dumps([fx.tag, final_tensor_name, tf.__version__]
+                              + (["unknown"] if unknown else [])).encode())
   for module in (preprocess, model_module, safety):
     with open(module.__file__, "rb") as f:
       h.update(f.read())
@@ -209,7 +245,7 @@ def cached_inference_graph_template(fx: FeatureExtractor,
       return graph_def
   except (OSError, ValueError, pb_message.DecodeError):
     pass
-  graph_def = inference_graph_template(fx, final_tensor_name)
+  graph_def = inference_graph_template(fx, final_tensor_name, unknown)
   try:
     fs.write_atomic(path, graph_def.SerializeToString())
   except OSError:
@@ -218,23 +254,35 @@ def cached_inference_graph_template(fx: FeatureExtractor,
 
 
 def fill_final_layer(template: tf1.GraphDef, weights: np.ndarray,
-                     biases: np.ndarray) -> tf1.GraphDef:
+                     biases: np.ndarray, unknown=None) -> tf1.GraphDef:
   """A copy of `template` with the retrained layer's placeholders replaced by
-  constants: weights float32 [D, classes], biases float32 [classes]."""
+  constants: weights float32 [D, classes], biases float32 [classes], and
+  the unknown class's (an UnknownClass) when the template has one."""
   graph_def = tf1.GraphDef()
   graph_def.CopyFrom(template)
-  values = {WEIGHTS_NODE: weights, BIASES_NODE: biases}
+  values = {WEIGHTS_NODE: np.asarray(weights, np.float32),
+            BIASES_NODE: np.asarray(biases, np.float32)}
+  if unknown is not None:
+    values.update({
+        PROTOTYPES_NODE: np.asarray(unknown.prototypes, np.float32),
+        K_NODE: np.asarray(unknown.k, np.int32),
+        THRESHOLD_NODE: np.asarray(unknown.threshold, np.float32),
+        SCALE_NODE: np.asarray(unknown.scale, np.float32)})
   filled = set()
   for node in graph_def.node:
     if node.name in values and node.op == "Placeholder":
-      value = np.asarray(values[node.name], np.float32)
+      value = values[node.name]
       node.op = "Const"
       node.ClearField("attr")
-      node.attr["dtype"].type = tf.float32.as_datatype_enum
+      node.attr["dtype"].type = tf.as_dtype(value.dtype).as_datatype_enum
       node.attr["value"].tensor.CopyFrom(tf.make_tensor_proto(value))
       filled.add(node.name)
   if filled != set(values):
     raise ValueError(f"template lacks {set(values) - filled}")
+  left = [n.name for n in graph_def.node if n.op == "Placeholder" and
+          n.name in (PROTOTYPES_NODE, K_NODE, THRESHOLD_NODE, SCALE_NODE)]
+  if left:
+    raise ValueError(f"template has an unknown class; fill {left}")
   return graph_def
 
 
@@ -293,7 +341,7 @@ def build_float_graph(fx: FeatureExtractor, weights: np.ndarray,
                       biases: np.ndarray,
                       final_tensor_name: str = "final_result",
                       tflite_input: str = "image",
-                      batch: Optional[int] = 1) -> tf.Graph:
+                      batch: Optional[int] = 1, unknown=None) -> tf.Graph:
   """The classifier with only one float input, [batch, H, W, 3] (for TFLite
   and TensorFlow.js): RGB in [0, 255] ("image"), or the CNN's own scaled
   input ("model_input", named as in the model, e.g. MobileNet's input)."""
@@ -303,11 +351,11 @@ def build_float_graph(fx: FeatureExtractor, weights: np.ndarray,
       scaled = tf1.placeholder(tf.float32, [batch, *fx.input_size, 3],
                                name=model_input_name(fx))
       _add_layer(import_cnn(fx, scaled), fx.bottleneck_size, weights,
-                 biases, final_tensor_name)
+                 biases, final_tensor_name, unknown)
     else:
       image = tf1.placeholder(tf.float32, [batch, *fx.input_size, 3],
                               name=IMAGE_INPUT)
-      _add_classifier(fx, image, weights, biases, final_tensor_name)
+      _add_classifier(fx, image, weights, biases, final_tensor_name, unknown)
   return graph
 
 
@@ -326,7 +374,7 @@ def tflite_model(fx: FeatureExtractor, weights: np.ndarray,
                  biases: np.ndarray, quantize: str = "none",
                  representative: Optional[np.ndarray] = None,
                  final_tensor_name: str = "final_result",
-                 tflite_input: str = "image") -> bytes:
+                 tflite_input: str = "image", unknown=None) -> bytes:
   """A TFLite flatbuffer of the classifier.
 
   Input float32 [1, H, W, 3]: RGB in [0, 255] ("image"), or scaled as
@@ -341,7 +389,7 @@ def tflite_model(fx: FeatureExtractor, weights: np.ndarray,
     tflite_input: see build_float_graph.
   """
   graph = build_float_graph(fx, weights, biases, final_tensor_name,
-                            tflite_input)
+                            tflite_input, unknown=unknown)
   if tflite_input == "model_input" and representative is not None:
     representative = (representative - fx.input_mean) / fx.input_std
   input_name = (model_input_name(fx) if tflite_input == "model_input"

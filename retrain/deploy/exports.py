@@ -48,6 +48,9 @@ class Trained:
   training_paths: Sequence[str]  # Original training photos (calibration).
   skipped: Sequence[Tuple[str, str]]  # (path, reason) of unusable images.
   test_accuracy: Optional[float] = None
+  # The unknown class (training/unknown.UnknownClass, last in `labels`),
+  # computed inside every export; None: none.
+  unknown: Optional[object] = None
 
 
 def common_metadata(fx: FeatureExtractor,
@@ -71,12 +74,16 @@ def export_all(trained: Trained, config: RunConfig,
   results = dict(test_accuracy=trained.test_accuracy,
                  test_images=len(trained.test_paths),
                  skipped_images=len(trained.skipped))
+  if trained.unknown is not None:
+    results["unknown"] = dict(trained.unknown.to_json(), label=labels[-1],
+                              index=len(labels) - 1)
   metadata = dict(graph_metadata(fx, labels, config), **results)
   common = dict(common_metadata(fx, labels), **results,
                 resize=metadata["resize"],
                 input_scaling=metadata["input_scaling"])
   graph_def = export.fill_final_layer(trained.template.result(),
-                                      trained.weights, trained.biases)
+                                      trained.weights, trained.biases,
+                                      trained.unknown)
   export.write_frozen_graph(config.output_graph, graph_def, metadata,
                             labels_path=config.output_labels)
   export.write_labels(config.output_labels, labels)
@@ -103,12 +110,17 @@ def intermediate_exporter(config: RunConfig,
                           final_layer: Callable[[], Tuple[np.ndarray,
                                                           np.ndarray]],
                           metadata: Dict[str, object],
-                          written: List[str]) -> Callable[[int], None]:
+                          written: List[str],
+                          unknown: Optional[object] = None
+                          ) -> Callable[[int], None]:
   """store(step): the frozen graph with the layer as final_layer() gives
-  it now, as intermediate_<step>.pb; its path appended to `written`."""
+  it now, as intermediate_<step>.pb; its path appended to `written`.
+  unknown: what fills a template's unknown class (UnknownClass.disabled:
+  the class is fitted after training)."""
   def store(step: int) -> None:
     weights, biases = final_layer()
-    graph_def = export.fill_final_layer(template.result(), weights, biases)
+    graph_def = export.fill_final_layer(template.result(), weights, biases,
+                                        unknown)
     path = os.path.join(config.intermediate_output_graphs_dir,
                         f"intermediate_{step}.pb")
     export.write_frozen_graph(path, graph_def, dict(metadata, step=step),
@@ -145,7 +157,8 @@ def _export_tfjs(trained: Trained, config: RunConfig,
     check = (images, trained.test_probabilities[:count][kept])
   tfjs.write_tfjs(config.tfjs_output, trained.fx, trained.weights,
                   trained.biases, trained.labels, common,
-                  config.tfjs_quantize, config.final_tensor_name, check)
+                  config.tfjs_quantize, config.final_tensor_name, check,
+                  trained.unknown)
   return config.tfjs_output
 
 
@@ -164,7 +177,7 @@ def _export_tflite(trained: Trained, config: RunConfig, seed: int,
   flatbuffer = export.tflite_model(fx, trained.weights, trained.biases,
                                    config.tflite_quantize, representative,
                                    config.final_tensor_name,
-                                   config.tflite_input)
+                                   config.tflite_input, trained.unknown)
   export.write_tflite(config.tflite_output, flatbuffer, trained.labels, dict(
       common, **export.tflite_io_description(fx, config.tflite_quantize,
                                              config.final_tensor_name,
@@ -178,6 +191,7 @@ def _export_onnx(trained: Trained, config: RunConfig,
   """Writes the .onnx model: labels, input size and scaling inside."""
   model = onnx_model.onnx_model(
       trained.fx, trained.weights, trained.biases, trained.labels,
-      onnx_model.description(trained.fx, common), config.final_tensor_name)
+      onnx_model.description(trained.fx, common), config.final_tensor_name,
+      trained.unknown)
   onnx_model.write_onnx(config.onnx_output, model)
   return config.onnx_output

@@ -47,7 +47,8 @@ def require() -> None:
 
 def onnx_model(fx: FeatureExtractor, weights: np.ndarray, biases: np.ndarray,
                labels: Sequence[str], description: Dict[str, object],
-               final_tensor_name: str = "final_result") -> bytes:
+               final_tensor_name: str = "final_result",
+               unknown=None) -> bytes:
   """The serialized ONNX model of the classifier (see module docstring);
   description: the export's JSON description (written into its
   metadata)."""
@@ -55,7 +56,7 @@ def onnx_model(fx: FeatureExtractor, weights: np.ndarray, biases: np.ndarray,
   import tf2onnx  # pylint: disable=g-import-not-at-top
   from retrain import tfimport  # pylint: disable=g-import-not-at-top
   graph = export.build_float_graph(fx, weights, biases, final_tensor_name,
-                                   "image", batch=None)
+                                   "image", batch=None, unknown=unknown)
   with tfimport.quiet_stderr():
     proto, _ = tf2onnx.convert.from_graph_def(
         graph.as_graph_def(), input_names=[export.IMAGE_INPUT + ":0"],

@@ -55,11 +55,12 @@ _DTYPES = {tf.float32.as_datatype_enum: "float32",
 
 def tfjs_graph_def(fx: FeatureExtractor, weights: np.ndarray,
                    biases: np.ndarray,
-                   final_tensor_name: str = "final_result") -> tf1.GraphDef:
+                   final_tensor_name: str = "final_result",
+                   unknown=None) -> tf1.GraphDef:
   """The whole classifier, image [batch, H, W, 3] in [0, 255] ->
   final_result [batch, classes], frozen, optimized and made for tfjs."""
   graph = export.build_float_graph(fx, weights, biases, final_tensor_name,
-                                   batch=None)
+                                   batch=None, unknown=unknown)
   graph_def = export.optimize_for_inference(graph, [final_tensor_name])
   out = tf1.GraphDef()
   out.versions.CopyFrom(graph_def.versions)
@@ -187,8 +188,8 @@ def write_tfjs(folder: str, fx: FeatureExtractor, weights: np.ndarray,
                biases: np.ndarray, labels: Sequence[str],
                metadata: Dict[str, object], quantize: str = "none",
                final_tensor_name: str = "final_result",
-               check: Optional[Tuple[np.ndarray, np.ndarray]] = None
-               ) -> List[str]:
+               check: Optional[Tuple[np.ndarray, np.ndarray]] = None,
+               unknown=None) -> List[str]:
   """Writes the tfjs folder whole (replacing an older one only once
   complete); returns the files written, relative to it.
 
@@ -214,7 +215,8 @@ def write_tfjs(folder: str, fx: FeatureExtractor, weights: np.ndarray,
               "description": "softmax probabilities in labels order"},
       weights_quantization=quantize)
   content, shards = model_json(
-      tfjs_graph_def(fx, weights, biases, final_tensor_name), quantize,
+      tfjs_graph_def(fx, weights, biases, final_tensor_name, unknown),
+      quantize,
       _shard_names, (h, w), len(labels), final_tensor_name, user)
   description = dict(user, format=export.METADATA_FORMAT, export="tfjs",
                      model_json=MODEL_JSON, labels=LABELS,

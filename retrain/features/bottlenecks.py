@@ -268,3 +268,20 @@ def augmented_tag(tag: str, distortions, random_seed: int, copy: int) -> str:
   digest = hashlib.sha1(repr((tuple(distortions), random_seed)).encode()
                         ).hexdigest()[:8]
   return f"{tag}.aug{copy}-{digest}"
+
+
+def folder_bottlenecks(folder: str, fx: FeatureExtractor, config: RunConfig,
+                       what: str = "Unknown photos"
+                       ) -> Tuple[np.ndarray, List[str],
+                                  List[Tuple[str, str]]]:
+  """Every image below `folder` (no classes: --unknown_dir) through `fx`,
+  from the cache or computed into it: (float32 [n, D] vectors, their paths,
+  (path, reason) of the images that could not be used)."""
+  plain = config._replace(flip_left_right=False, random_crop=0,
+                          random_scale=0, random_brightness=0,
+                          augmentation_copies=0)
+  sets, filled, _ = compute_bottlenecks(images.folder_images(folder), fx,
+                                        plain, what=what)
+  found = sets[images.TESTING]
+  return (np.asarray(found.take(np.arange(len(found))), np.float32),
+          list(found.paths), list(filled.failures))

@@ -28,12 +28,14 @@ def _ratio(a: float, b: float) -> float:
 def classification_report(truth: np.ndarray, predicted: np.ndarray,
                           labels: Sequence[str],
                           paths: Sequence[str] = (),
-                          probabilities: Optional[np.ndarray] = None
-                          ) -> Dict[str, object]:
+                          probabilities: Optional[np.ndarray] = None,
+                          answer_only: int = 0) -> Dict[str, object]:
   """Accuracy, per-class precision/recall/F1/support, confusion, mistakes.
 
   A class never predicted has precision 0; one without test images has
-  recall 0 (and support 0); F1 is 0 where precision + recall is 0.
+  recall 0 (and support 0); F1 is 0 where precision + recall is 0. The
+  last `answer_only` labels (an unknown class) are answers, never truths:
+  in the matrix and the mistakes, not in the averages.
   """
   truth = np.asarray(truth, np.int64)
   predicted = np.asarray(predicted, np.int64)
@@ -46,9 +48,10 @@ def classification_report(truth: np.ndarray, predicted: np.ndarray,
     f1 = _ratio(2 * precision * recall, precision + recall)
     per_class.append(dict(label=label, precision=precision, recall=recall,
                           f1=f1, support=int(m[i, :].sum())))
-  support = np.array([c["support"] for c in per_class], float)
+  averaged = per_class[:len(per_class) - answer_only]
+  support = np.array([c["support"] for c in averaged], float)
   def average(key, weights=None):
-    values = np.array([c[key] for c in per_class])
+    values = np.array([c[key] for c in averaged])
     if weights is None:
       return float(values.mean()) if len(values) else 0.0
     return float((values * weights).sum() / weights.sum()) if weights.sum(

@@ -14,7 +14,7 @@ import os
 from typing import Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 from cache import fs
-from retrain.reports import audit_html
+from retrain.reports import audit_html, unknown_html
 
 REPORT_HTML = "report.html"
 
@@ -352,6 +352,8 @@ def render(evaluation: Mapping, curves: Sequence[Curve],
       "</h2><p class=meta>most confident mistakes first: predicted label "
       "(its probability), true label, file.</p>" +
       _gallery(evaluation, thumbs) +
+      (unknown_html.section(evaluation["unknown"], thumbs)
+       if evaluation.get("unknown") else "") +
       (audit_html.section(audit, thumbs) if audit else "") +
       "</body></html>\n")
 
@@ -362,6 +364,8 @@ def write_html(folder: str, evaluation: Mapping, curves: Sequence[Curve],
   """Writes report.html (atomically) into `folder`; returns its path."""
   shown = [r["image"] for r in _worst_first(evaluation)[:MAX_GALLERY]
            if r.get("image")] + matrix_photos(evaluation)
+  if evaluation.get("unknown"):
+    shown += unknown_html.shown_paths(evaluation["unknown"])
   if audit:
     shown += audit_html.shown_paths(audit)
   thumbs = thumbnails(list(dict.fromkeys(shown)))

@@ -110,6 +110,9 @@ class FineTuned:
   steps_run: int
   test_probabilities: Optional[np.ndarray] = None  # [n, classes], kept model.
   seconds: float = 0.0  # The steps and evaluations (no graph building).
+  # The kept model's bottlenecks [n, D] of the sets asked for (`features`
+  # of fine_tune), by name.
+  features: Optional[Dict[str, np.ndarray]] = None
 
   @property
   def improved(self) -> bool:
@@ -124,7 +127,8 @@ def fine_tune(graph_def: tf1.GraphDef, cut: cuts.Cut,
               params: FineTuneParams,
               test: Optional[LabeledBottlenecks] = None,
               log: Callable[["StagePoint"], None] = lambda point: None,
-              values: Optional[Dict[str, np.ndarray]] = None
+              values: Optional[Dict[str, np.ndarray]] = None,
+              features: Optional[Dict[str, LabeledBottlenecks]] = None
               ) -> FineTuned:
   """Trains the cut's top and the new layer; returns the best of them.
 
@@ -139,6 +143,8 @@ def fine_tune(graph_def: tf1.GraphDef, cut: cuts.Cut,
       the same way.
     log: called with every evaluation's StagePoint.
     values: the cut's trainable constants (tops.constant_values), if known.
+    features: named sets of cut vectors whose bottlenecks under the kept
+      model are given back (FineTuned.features).
   """
   if params.schedule not in SCHEDULES or params.pick not in PICKS:
     raise ValueError(f"schedule {params.schedule!r} or pick {params.pick!r}")
@@ -247,15 +253,21 @@ def fine_tune(graph_def: tf1.GraphDef, cut: cuts.Cut,
       snapshot = sess.run(tracked)
     seconds = time.monotonic() - start
     test_probabilities = None
-    if test is not None:
+    if test is not None or features:
       sess.run(restore, {restore_values[k]: v for k, v in snapshot.items()})
+    if test is not None:
       test_probabilities = np.concatenate(
           [sess.run(probabilities, {vectors: x}) for x, _ in batches(test)]
           + [np.zeros([0, class_count], np.float32)])
+    described = {
+        name: np.concatenate(
+            [sess.run(top.bottleneck, {vectors: x}) for x, _ in batches(s)]
+            + [np.zeros([0, weights.shape[0]], np.float32)])
+        for name, s in (features or {}).items()}
   values = {t: v for t, v in snapshot.items() if not t.startswith("__")}
   return FineTuned(values, snapshot["__weights"], snapshot["__biases"],
                    history, best_step, baseline, best, step,
-                   test_probabilities, seconds)
+                   test_probabilities, seconds, described)
 
 
 # Stage 2 picks its model on the same validation images at every
@@ -291,6 +303,15 @@ class Stage:
   params: FineTuneParams  # What it trained with.
 
 
+def _by_path(sets: Dict[str, LabeledBottlenecks],
+             paths: List[str]) -> LabeledBottlenecks:
+  """The items of any of `sets` with the given paths, in that order (a
+  view: nothing is read)."""
+  every = LabeledBottlenecks.stack([sets[c] for c in images.CATEGORIES])
+  row = {p: i for i, p in enumerate(every.paths)}
+  return every.subset(np.array([row[p] for p in paths], np.int64))
+
+
 def cut_vectors(image_lists: images.ImageLists, fx: FeatureExtractor,
                 config: RunConfig, hparams: HParams):
   """The cut the flags ask for and every image's cut vector (and augmented
@@ -315,7 +336,8 @@ def run_stage(image_lists: images.ImageLists, fx: FeatureExtractor,
               config: RunConfig, hparams: HParams, weights: np.ndarray,
               biases: np.ndarray, test_paths: List[str],
               log: Callable[[int, str], None] = lambda step, text: None,
-              stage1_weight_decay: float = 0.0) -> Stage:
+              stage1_weight_decay: float = 0.0,
+              features: Optional[Dict[str, List[str]]] = None) -> Stage:
   """Fine-tunes the top of the CNN after stage 1 (weights, biases).
 
   The cut's activations of every image (and augmented copy) are computed
@@ -323,6 +345,9 @@ def run_stage(image_lists: images.ImageLists, fx: FeatureExtractor,
   gives the probabilities of `test_paths` (stage 1's test images). `log`
   gets every evaluation and the number of steps. The new layer's weight
   decay is --fine_tune_weight_decay, or stage1_weight_decay where that is -1.
+  features: name -> paths of photos of any set (originals): their
+  bottlenecks under the kept model come back in result.features[name], in
+  that order.
   """
   start = time.monotonic()
   cut, shapes, cfx, sets, computed = cut_vectors(image_lists, fx, config,
@@ -364,7 +389,9 @@ def run_stage(image_lists: images.ImageLists, fx: FeatureExtractor,
       validation.subset(pick), weights, biases,
       len(image_lists.labels),
       params, test=test_set.subset(test_rows),
-      log=lambda point: log(point, steps), values=values)
+      log=lambda point: log(point, steps), values=values,
+      features={name: _by_path(sets, paths)
+                for name, paths in (features or {}).items()})
   tuned = fx
   if result.improved:
     logging.info("Fine-tuning: validation accuracy %.1f%% -> %.1f%% (%s "

@@ -294,3 +294,26 @@ def test_fine_tuning_with_an_unknown_class(color_images, small_models,
   np.testing.assert_allclose(probs["bytes"], result.test_probabilities,
                              atol=1e-4)
   assert result.test_probabilities.shape[1] == len(result.labels) == 4
+
+
+def test_several_models_with_an_unknown_class(shared, tmp_path):
+  """Two models, one classifier: the class is made from the joined
+  features; the frozen graph and the .tflite give the run's answers."""
+  from tests.test_several_models import _models  # pylint: disable=g-import-not-at-top
+  config = helpers.run_config(
+      tmp_path, os.path.join(shared, "datasets", "flower_photos_dev"),
+      unknown_label="unknown", saved_model_dir="",
+      tflite_output=str(tmp_path / "out" / "model.tflite"))
+  result = pipeline.run(config, STEPS, _models(shared))
+  assert result.model["kind"] == "combined"
+  u = _report(config)["unknown"]
+  assert u["megabytes"] == pytest.approx(u["kept_photos"] * 512 * 4 / 1e6,
+                                         abs=1e-3)
+  assert u["test_rejected"] <= 0.15
+  for kind, path, key, atol in (
+      ("graph", config.output_graph, "bytes", 1e-4),
+      ("tflite", config.tflite_output, "float", 1e-3)):
+    probs = helpers.export_probabilities(kind, path, result.test_paths,
+                                         tmp_path)
+    np.testing.assert_allclose(probs[key], result.test_probabilities,
+                               atol=atol, err_msg=kind)

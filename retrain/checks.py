@@ -29,7 +29,8 @@ def check_config(config: RunConfig, hparams: HParams) -> None:
 
 def _check_unknown(config: RunConfig) -> None:
   """The --unknown_* flags (the label against the classes: load_inputs)."""
-  given = [f for f in ("unknown_dir",) if getattr(config, f)]
+  given = [f for f in ("unknown_dir", "unknown_reject")
+           if getattr(config, f)]
   if not config.unknown_label:
     if given:
       raise UserError(f"--{given[0]} is used with --unknown_label; pass "
@@ -48,6 +49,13 @@ def _check_unknown(config: RunConfig) -> None:
     raise UserError(f"--unknown_keep={config.unknown_keep}: must be at "
                     "least 5 (the distance is to the 5th nearest kept "
                     "training photo)")
+  if not 0 <= config.unknown_reject < 1:
+    raise UserError(f"--unknown_reject={config.unknown_reject:g}: must be "
+                    "from 0 (off) to below 1 (the share of --unknown_dir "
+                    "photos answered unknown)")
+  if config.unknown_reject and not config.unknown_dir:
+    raise UserError("--unknown_reject sets the threshold on --unknown_dir "
+                    "photos; pass --unknown_dir too")
   if config.unknown_dir and not fs.isdir(config.unknown_dir):
     raise UserError(f"--unknown_dir={config.unknown_dir}: no such folder; "
                     "pass a folder of photos of none of the classes")

@@ -149,6 +149,9 @@ class RunConfig(NamedTuple):
   unknown_accept: float = 0.95
   unknown_dir: str = ""
   unknown_keep: int = 1000
+  # > 0: the threshold answers "unknown" for this share of half of the
+  # --unknown_dir photos instead (the other half is reported).
+  unknown_reject: float = 0.0
 
   def distortions(self) -> Distortions:
     return Distortions(self.flip_left_right, self.random_crop,

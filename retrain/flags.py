@@ -259,6 +259,11 @@ flags.DEFINE_integer("unknown_keep", _R.unknown_keep,
                      "photos (a stratified sample) are kept in every export "
                      "to measure the distance to: the export grows by "
                      "unknown_keep x bottleneck size x 4 bytes.")
+flags.DEFINE_float("unknown_reject", _R.unknown_reject,
+                   "With --unknown_dir: set the threshold so that this share "
+                   "of half of those photos (chosen by a hash of the file "
+                   "name) is answered unknown, instead of by "
+                   "--unknown_accept; the other half is reported. 0: off.")
 
 GROUPS.group("The bottleneck cache and large data (Beam, cloud paths, memory)")
 flags.DEFINE_string("bottleneck_dir", _R.bottleneck_dir,
@@ -485,7 +490,8 @@ def to_config(f=FLAGS) -> Tuple[RunConfig, HParams, ModelOptions]:
       augmentation_copies=f.augmentation_copies, audit=f.audit,
       dedupe=f.dedupe, exclude_from_training=f.exclude_from_training,
       unknown_label=f.unknown_label, unknown_accept=f.unknown_accept,
-      unknown_dir=f.unknown_dir, unknown_keep=f.unknown_keep)
+      unknown_dir=f.unknown_dir, unknown_keep=f.unknown_keep,
+      unknown_reject=f.unknown_reject)
   if hparams.fine_tuning() and not isinstance(model, ModelOptions):
     raise UserError("--fine_tune_layers/--fine_tune_from: fine-tuning works "
                     f"on one model, and {len(model)} are given; fine-tune "

@@ -553,27 +553,46 @@ def add_unknown_class(inputs: Inputs, data: Bottlenecks, final: FinalModel,
   known = lambda x: unknown_class.layer_probabilities(  # pylint: disable=g-long-lambda
       x, final.weights, final.biases)
   validation = known(vectors["validation"])
+  others, calibration = {}, {}
+  if config.unknown_dir:
+    x, paths, failures = bottlenecks.folder_bottlenecks(
+        config.unknown_dir, final.fx, config)
+    for path, reason in failures:
+      logging.warning("Skipped %s: %s", path, reason)
+    if config.unknown_reject:  # Half to set the threshold, half to report.
+      half = np.array([images.assign_category(
+          os.path.relpath(p, config.unknown_dir), 50, 0) == images.TESTING
+                       for p in paths], bool)
+      if half.all() or not half.any():
+        raise UserError(f"--unknown_dir={config.unknown_dir}: too few "
+                        "photos to set the threshold on half and report on "
+                        "the other (--unknown_reject); add photos")
+      calibration = dict(others_x=x[~half],
+                         others_probabilities=known(x[~half]),
+                         reject=config.unknown_reject)
+      x, paths = x[half], [p for p, h in zip(paths, half) if h]
+    others = dict(others_x=x, others_paths=paths)
   fitted = unknown_class.fit_unknown(
       vectors["training"], truth["training"], vectors["validation"],
       validation, config.unknown_accept, config.unknown_keep,
-      seed=hparams.random_seed)
+      seed=hparams.random_seed, **calibration)
   accepted = None
   if len(validation):
     answers = fitted.extend(validation, vectors["validation"]).argmax(1)
     accepted = float(np.mean(answers < len(inputs.labels)))
   test = Predictions(final.test.paths, final.test.truth, fitted.extend(
       final.test.probabilities, vectors["testing"]))
-  others = {}
-  if config.unknown_dir:
-    x, paths, failures = bottlenecks.folder_bottlenecks(
-        config.unknown_dir, final.fx, config)
-    for path, reason in failures:
-      logging.warning("Skipped %s: %s", path, reason)
-    others = dict(others_x=x, others_paths=paths,
-                  others_probabilities=fitted.extend(known(x), x))
+  if others:
+    others["others_probabilities"] = fitted.extend(
+        known(others["others_x"]), others["others_x"])
   report_json = unknown_class.evaluate(
       fitted, config.unknown_label, config.unknown_accept,
       vectors["testing"], test.truth, test.probabilities, accepted, **others)
+  if config.unknown_reject:
+    report_json.update(
+        threshold_from=f"--unknown_reject={config.unknown_reject:g} on "
+        f"{len(calibration['others_x'])} of the --unknown_dir photos; the "
+        f"other {len(others['others_x'])} reported")
   logging.info("%s", unknown_class.describe(report_json))
   return dataclasses.replace(
       final, test=test, labels=inputs.labels + [config.unknown_label],

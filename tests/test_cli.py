@@ -105,6 +105,12 @@ BAD = [
      "--unknown_label=red: a class of .* has that label"),
     (["--graph=INCEPTION", "--unknown_label=unknown",
       "--unknown_dir=EMPTY"], "no images"),
+    (["--graph=INCEPTION", "--unknown_label=unknown",
+      "--unknown_reject=0.9"], "--unknown_reject sets the threshold on "
+     "--unknown_dir photos; pass --unknown_dir too"),
+    (["--graph=INCEPTION", "--unknown_label=unknown",
+      "--unknown_dir=FOLDER", "--unknown_reject=1"],
+     "--unknown_reject=1: must be from 0"),
 ]
 
 

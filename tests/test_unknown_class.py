@@ -317,3 +317,28 @@ def test_several_models_with_an_unknown_class(shared, tmp_path):
                                          tmp_path)
     np.testing.assert_allclose(probs[key], result.test_probabilities,
                                atol=atol, err_msg=kind)
+
+
+def test_the_threshold_can_be_set_on_unknown_photos(runs, shared, tmp_path):
+  """--unknown_reject: half of the --unknown_dir photos set the threshold
+  (that share of them answered unknown), the other half is reported."""
+  config, _ = runs["flowers"]
+  default = _report(config)["unknown"]
+  again = config._replace(
+      unknown_reject=0.95, output_graph=str(tmp_path / "g.pb"),
+      output_labels=str(tmp_path / "labels.txt"), saved_model_dir="",
+      tflite_output="", tfjs_output="", onnx_output="", summaries_dir="",
+      checkpoint_path="")
+  result = pipeline.run(again, STEPS, helpers.shared_mobilenet(shared))
+  u = _report(again)["unknown"]
+  assert u["threshold_from"].startswith("--unknown_reject=0.95 on ")
+  calibrated = int(u["threshold_from"].split(" on ")[1].split()[0])
+  assert calibrated + u["others_photos"] == default["others_photos"]
+  assert 800 < u["others_photos"] < 1200
+  assert u["others_rejected"] >= 0.9, u  # On the half not used to set it.
+  assert u["threshold"] < default["threshold"]
+  assert u["test_rejected"] >= default["test_rejected"]
+  probs = helpers.export_probabilities("graph", again.output_graph,
+                                       result.test_paths, tmp_path)
+  np.testing.assert_allclose(probs["bytes"], result.test_probabilities,
+                             atol=1e-4)

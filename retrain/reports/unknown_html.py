@@ -85,10 +85,11 @@ def section(unknown: Mapping, thumbs: Mapping[str, str]) -> str:
   rows = [
       ("answer", f"{unknown['label']} (the last label)"),
       ("score", unknown["score"]),
-      ("threshold", f"{unknown['threshold']:.4f}, set so that "
-                    f"{_pct(unknown['accept'])} of the validation photos "
-                    "keep a known class (measured: "
-                    f"{_pct(unknown['validation_accepted'])})"),
+      ("threshold", f"{unknown['threshold']:.4f}, set " + (
+          f"by {unknown['threshold_from']}" if unknown.get("threshold_from")
+          else f"so that {_pct(unknown['accept'])} of the validation photos "
+          "keep a known class") + "; validation photos that keep one: "
+       f"{_pct(unknown['validation_accepted'])}"),
       ("size in each export", f"{unknown['megabytes']:.2f} MB"),
       ("test photos answered unknown",
        f"{_pct(unknown['test_rejected'])} of {unknown['test_photos']}"),

@@ -171,9 +171,15 @@ class UnknownClass:
 def fit_unknown(train_x: np.ndarray, train_y: np.ndarray,
                 validation_x: np.ndarray, validation_probabilities: np.ndarray,
                 accept: float = DEFAULT_ACCEPT, keep: int = DEFAULT_KEEP,
-                k: int = DEFAULT_K, seed: int = 0) -> UnknownClass:
+                k: int = DEFAULT_K, seed: int = 0,
+                others_x: Optional[np.ndarray] = None,
+                others_probabilities: Optional[np.ndarray] = None,
+                reject: float = 0.0) -> UnknownClass:
   """The unknown class whose answer accepts `accept` of the validation
-  photos (their top-1 is a known class), to within one photo.
+  photos (their top-1 is a known class), to within one photo; or, with
+  `reject`, the one that answers "unknown" for that share of the photos of
+  none of the classes `others_x` [u, D] (the layer's probabilities for
+  them [u, classes]).
 
   train_x [n, D], train_y [n]: the training photos (originals) to keep at
   most `keep` of; validation_x [v, D] and the layer's probabilities for
@@ -190,6 +196,10 @@ def fit_unknown(train_x: np.ndarray, train_y: np.ndarray,
     top = np.ones(len(d), np.float32)
   if not len(d):
     raise ValueError("no photos to set the unknown threshold on")
+  if reject:  # Accepting 1 - reject of the others instead.
+    d = score(others_x)
+    top = np.max(others_probabilities, axis=1)
+    accept = 1.0 - reject
   t = max(threshold(d, accept), 1e-6)
 
   def accepted(t: float) -> float:
@@ -200,6 +210,8 @@ def fit_unknown(train_x: np.ndarray, train_y: np.ndarray,
   low, high = t / 2, t * 2
   while accepted(high) < accept and high < 4:
     high *= 2
+  while accepted(low) >= accept and low > 1e-6:
+    low /= 2
   for _ in range(40):
     mid = (low + high) / 2
     if accepted(mid) >= accept:
@@ -276,7 +288,11 @@ def evaluate(unknown: UnknownClass, label: str, accept: float,
 def describe(report: dict) -> str:
   """The log line of evaluate's report."""
   text = (f"Unknown class {report['label']!r}: threshold {report['threshold']:.4f} "
+          + (f"(by {report['threshold_from']}) " if report.get(
+              "threshold_from") else "") +
           f"({report['score']}, {report['megabytes']:.1f} MB in each export); "
+          f"validation photos keeping a known class: "
+          f"{_pct(report['validation_accepted'])}; "
           f"test photos answered unknown: {_pct(report['test_rejected'])}; "
           f"test accuracy {_pct(report['test_accuracy'])} counting those as "
           f"errors, {_pct(report['test_accuracy_accepted'])} of the "

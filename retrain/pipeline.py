@@ -148,8 +148,8 @@ def run(config: RunConfig, hparams: HParams = HParams(),
   with Summaries(config.summaries_dir) as summaries:
     layer = clock.timed("training", train_layer, inputs, data, config,
                         hparams, template, summaries, choice)
-    tuned = clock.timed("fine-tuning", fine_tune_top, inputs, data, layer,
-                        config, hparams, summaries)
+    tuned = clock.timed("fine-tuning", fine_tune_top, inputs, layer, config,
+                        hparams, summaries, data)
     final = final_model(inputs, layer, tuned, template, config)
     if config.unknown_label:
       final = clock.timed("unknown", add_unknown_class, inputs, data, final,
@@ -472,8 +472,9 @@ class _EvaluationLog:
     self.progress.close()
 
 
-def fine_tune_top(inputs: Inputs, data: Bottlenecks, layer: TrainedLayer,
-                  config: RunConfig, hparams: HParams, summaries: Summaries
+def fine_tune_top(inputs: Inputs, layer: TrainedLayer, config: RunConfig,
+                  hparams: HParams, summaries: Summaries,
+                  data: Optional[Bottlenecks] = None
                   ) -> Optional[finetune.Stage]:
   """Stage 2 (--fine_tune_layers or --fine_tune_from): the top of the CNN
   and the new layer trained together from cached cut activations; None
@@ -482,7 +483,7 @@ def fine_tune_top(inputs: Inputs, data: Bottlenecks, layer: TrainedLayer,
   if not hparams.fine_tuning():
     return None
   unknown_photos = (_unknown_photos(data, layer.test.paths, config, hparams)
-                    if config.unknown_label else {})
+                    if config.unknown_label and data is not None else {})
   lines: List[_EvaluationLog] = []
 
   def log(point: finetune.StagePoint, steps: int) -> None:

@@ -15,6 +15,15 @@ planted, side by side with cleanlab on the same out-of-fold probabilities.
    cleanlab's precision.
 3. A warm run (every bottleneck cached) on --warm_images of the cats/dogs
    photos, with and without the audit, side by side.
+4. Photo quality (--photo_quality): tests/planted.py's plant_quality on the
+   dev flowers (400 clean photos, 44 planted bad ones: blurry, dark, light,
+   grayscale, odd_size, odd_aspect_ratio, low_information) at the model's
+   size: recall and precision of each kind against what was planted,
+   beside CleanVision (pip install cleanvision; the benchmark's own
+   dependency) with its defaults on the same folder, and each one's time;
+   the clean photos each flags, by kind; the findings on the whole dev
+   flowers and cats and dogs; and extraction with and without the
+   statistics, side by side in one process (alternating, best of 3).
 
 Needs Pillow (tests/planted.py). Prints tables; asserts nothing.
 """
@@ -37,6 +46,8 @@ flags.DEFINE_string("work_dir", "", "Cache and folders (kept); default: a "
 flags.DEFINE_list("sizes", ["2000", "20000", "100000"], "Vectors audited.")
 flags.DEFINE_integer("warm_images", 2000, "Cats/dogs photos of the warm run "
                      "(0: skip).")
+flags.DEFINE_bool("photo_quality", True, "Run part 4 (photo quality).")
+flags.DEFINE_bool("only_photo_quality", False, "Run part 4 only.")
 flags.DEFINE_integer("child_size", 0, "Internal: audit this many vectors.")
 flags.DEFINE_string("child_vectors", "", "Internal: real vectors (.npz).")
 FLAGS = flags.FLAGS
@@ -219,6 +230,130 @@ def warm(work: str) -> None:
                       "warm run, audit made again s"]))
 
 
+def _quality_findings(folder: str, work: str, stats: bool = True):
+  """retrain on `folder` from a fresh cache: ({path: kinds} of the
+  photo-quality findings (None without stats), seconds of extraction,
+  seconds of storing the statistics)."""
+  import shutil  # pylint: disable=g-import-not-at-top
+  from retrain import pipeline  # pylint: disable=g-import-not-at-top
+  from retrain.audit import quality  # pylint: disable=g-import-not-at-top
+  from retrain.config import RunConfig  # pylint: disable=g-import-not-at-top
+  from retrain.features import bottlenecks  # pylint: disable=g-import-not-at-top
+  from retrain.features.model import load_feature_extractor  # pylint: disable=g-import-not-at-top
+  cache_dir = os.path.join(work, "quality_cache")
+  shutil.rmtree(cache_dir, ignore_errors=True)
+  config = RunConfig(image_dir=folder, bottleneck_dir=cache_dir,
+                     summaries_dir="", checkpoint_path="")
+  model = common.shared_model_options(FLAGS.model)
+  fx = load_feature_extractor(model, cache_dir)
+  lists = pipeline.images.list_images(folder, 10, 10)
+  start = time.perf_counter()
+  decoded = {} if stats else None
+  bottlenecks.compute_bottlenecks(lists, fx, config, stats=decoded)
+  extraction = time.perf_counter() - start
+  if not stats:
+    return None, extraction, 0.0
+  start = time.perf_counter()
+  found = bottlenecks.photo_statistics(lists, fx, config, decoded)
+  storing = time.perf_counter() - start
+  out = {}
+  for f in quality.find(found.values, fx.input_size):
+    out.setdefault(found.paths[f.index], set()).add(f.issue)
+  return out, extraction, storing
+
+
+def _cleanvision(folder: str):
+  """({path: kinds} CleanVision flags with its defaults, seconds), or
+  (None, 0) where it is not installed."""
+  try:
+    from cleanvision import Imagelab  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    return None, 0.0
+  import contextlib  # pylint: disable=g-import-not-at-top
+  import io  # pylint: disable=g-import-not-at-top
+  from retrain.audit import quality  # pylint: disable=g-import-not-at-top
+  start = time.perf_counter()
+  with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(
+      io.StringIO()):
+    lab = Imagelab(data_path=folder)
+    lab.find_issues({k: {} for k in quality.KINDS})
+  seconds = time.perf_counter() - start
+  out = {}
+  for kind in quality.KINDS:
+    for path in lab.issues.index[lab.issues[f"is_{kind}_issue"]]:
+      out.setdefault(os.path.abspath(path), set()).add(kind)
+  return out, seconds
+
+
+def photo_quality(work: str) -> None:
+  """Part 4 (see the module docstring)."""
+  from retrain.audit import quality  # pylint: disable=g-import-not-at-top
+  from tests import planted  # pylint: disable=g-import-not-at-top
+  import shutil  # pylint: disable=g-import-not-at-top
+  shared = common.shared_dir()
+  root = os.path.join(work, "planted_quality")
+  shutil.rmtree(root, ignore_errors=True)
+  folder = planted.plant_quality(
+      os.path.join(shared, "datasets", "flower_photos_dev"), root,
+      clean_per_class=80)
+  truth = {os.path.abspath(p): k for p, k in folder.bad.items()}
+  ours, _, _ = _quality_findings(root, work)
+  theirs, their_seconds = _cleanvision(root)
+  ours = {os.path.abspath(p): k for p, k in ours.items()}
+  rows = []
+  clean_flagged = {}
+  for kind in quality.KINDS:
+    planted_paths = {p for p, k in truth.items() if k == kind}
+    row = [kind, str(len(planted_paths))]
+    for found in (ours, theirs):
+      if found is None:
+        row += ["-", "-"]
+        continue
+      flagged = {p for p, kinds in found.items() if kind in kinds}
+      hit = len(flagged & planted_paths)
+      row += [f"{hit / len(planted_paths):.2f} ({hit})",
+              f"{hit / len(flagged):.2f} ({len(flagged)})" if flagged
+              else "- (0)"]
+    rows.append(row)
+    clean_flagged[kind] = sorted(
+        os.path.basename(p) for p, kinds in ours.items()
+        if kind in kinds and p not in truth)
+  print("Photo quality: 400 clean dev flowers + 44 planted bad ones "
+        f"({FLAGS.model}'s input size); recall and precision against what "
+        "was planted (flagged count)")
+  print(common.table(rows, ["kind", "planted", "retrain recall",
+                            "retrain precision", "CleanVision recall",
+                            "CleanVision precision"]))
+  print("CleanVision: " + (f"{their_seconds:.1f} s (reads and decodes every "
+                           "photo again)" if theirs is not None
+                           else "not installed"))
+  print("Clean photos retrain flags, by kind: " + json.dumps(
+      {k: v for k, v in clean_flagged.items() if v}))
+  counts = []
+  for name in ("flower_photos_dev", "cats_dogs_small"):
+    found, _, _ = _quality_findings(
+        os.path.join(shared, "datasets", name), work)
+    by_kind = {k: sum(k in v for v in found.values()) for k in quality.KINDS}
+    counts.append([name, str(sum(len(v) > 0 for v in found.values()))] +
+                  [str(by_kind[k]) for k in quality.KINDS])
+  print("\nFindings on the shared sets as they are")
+  print(common.table(counts, ["set", "photos flagged", *quality.KINDS]))
+  # Extraction with and without the statistics, alternating.
+  times = {True: [], False: []}
+  storing = []
+  for _ in range(3):
+    for stats in (False, True):
+      _, seconds, stored = _quality_findings(root, work, stats)
+      times[stats].append(seconds)
+      if stats:
+        storing.append(stored)
+  best = {k: min(v) for k, v in times.items()}
+  print("\nExtraction of the 444 photos from a fresh cache, best of 3 "
+        f"alternating: without statistics {best[False]:.2f} s, with "
+        f"{best[True]:.2f} s, ratio {best[True] / best[False]:.3f}; storing "
+        f"the statistics in the cache afterwards {min(storing):.2f} s")
+
+
 def main(_):
   if FLAGS.child_size:
     child(FLAGS.child_size, FLAGS.child_vectors)
@@ -229,6 +364,10 @@ def main(_):
   work = FLAGS.work_dir or tempfile.mkdtemp(prefix="audit_bench_")
   os.makedirs(work, exist_ok=True)
   print(f"model {FLAGS.model}; machine: {os.cpu_count()} cores\n")
+  if FLAGS.photo_quality or FLAGS.only_photo_quality:
+    photo_quality(work)
+    if FLAGS.only_photo_quality:
+      return
   folder, config, model = _planted(work)
   x, y, paths, _, labels = _vectors(config, model)
   quality(folder, x, y, paths, labels)

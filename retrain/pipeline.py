@@ -23,6 +23,7 @@ from cache import fs
 from retrain.audit import act as audit_act
 from retrain.audit import findings as audit_findings
 from retrain.audit import memo as audit_memo
+from retrain.audit import quality as audit_quality
 from retrain.checks import check_config
 from retrain.config import HParams, ModelOptions, RunConfig
 from retrain.data import images
@@ -84,6 +85,8 @@ class Bottlenecks:
   sets: Dict[str, LabeledBottlenecks]
   filled: cache.FillResult  # The originals: from cache, computed, skipped.
   augmented_computed: int
+  # Each original's photo statistics (for the audit); None without it.
+  photo_stats: Optional[bottlenecks.PhotoStats] = None
 
   @property
   def sizes(self) -> Dict[str, int]:
@@ -218,6 +221,13 @@ def audit_cache(config: RunConfig, hparams: HParams = HParams(),
                     missing[0])
   audit = audit_memo.audited(vectors, set_names, inputs.labels, hparams,
                              config.bottleneck_dir, keep=False)
+  stats = bottlenecks.photo_statistics(inputs.image_lists, inputs.fx,
+                                       config, read_only=True)
+  if stats.paths:  # Cached by a run since photo statistics exist.
+    audit = audit_quality.attach(
+        audit, stats.paths, stats.values, vectors.paths,
+        [inputs.labels[int(c)] for c in vectors.y], set_names,
+        inputs.fx.input_size)
   logging.info("%s", audit.summary())
   folder = output_dir or fs.dirname(fs.abspath(config.output_graph))
   fs.makedirs(folder)
@@ -271,14 +281,18 @@ def compute_bottlenecks(inputs: Inputs, config: RunConfig,
   """Every image's bottleneck (cached or computed), ready for training:
   in memory (if `load`, within the memory budget), else read from the
   memory-mapped cache index."""
+  decoded: Optional[Dict[str, np.ndarray]] = {} if config.audit else None
   sets, filled, augmented = bottlenecks.compute_bottlenecks(
-      inputs.image_lists, inputs.fx, config, random_seed)
+      inputs.image_lists, inputs.fx, config, random_seed, stats=decoded)
   logging.info("Bottlenecks: %d from cache, %d computed, %d skipped",
                filled.from_cache, filled.computed, len(filled.failures))
   for path, reason in filled.failures:
     logging.warning("Skipped %s: %s", path, reason)
+  stats = (bottlenecks.photo_statistics(inputs.image_lists, inputs.fx,
+                                        config, decoded)
+           if config.audit else None)
   data = Bottlenecks(bottlenecks.keep_in_memory(sets, config) if load
-                     else sets, filled, augmented)
+                     else sets, filled, augmented, stats)
   sizes = data.sizes
   logging.info("Images: %d training, %d validation, %d testing",
                sizes[images.TRAINING], sizes[images.VALIDATION],
@@ -305,6 +319,11 @@ def audit_images(inputs: Inputs, data: Bottlenecks, config: RunConfig,
                                                 bottlenecks.AUGMENTED_MARK)
   audit = audit_memo.audited(vectors, set_names, inputs.labels, hparams,
                              config.bottleneck_dir)
+  if data.photo_stats is not None:
+    audit = audit_quality.attach(
+        audit, data.photo_stats.paths, data.photo_stats.values,
+        vectors.paths, [inputs.labels[int(c)] for c in vectors.y],
+        set_names, inputs.fx.input_size)
   logging.info("%s", audit.summary())
   return audit
 

@@ -139,3 +139,83 @@ def plant(source: str, dest: str, outlier_photos: Sequence[str] = (),
     shutil.copyfile(photo, dst)
     planted.outliers.append(dst)
   return planted
+
+
+# The photo-quality kinds plant_quality makes (audit/quality.py finds).
+QUALITY_KINDS = ("blurry", "dark", "light", "grayscale", "odd_size",
+                 "odd_aspect_ratio", "low_information")
+
+
+@dataclasses.dataclass
+class PlantedQuality:
+  """What plant_quality did: the folder, and each planted photo's kind."""
+  root: str
+  bad: Dict[str, str] = dataclasses.field(default_factory=dict)
+
+  def of_kind(self, kind: str) -> List[str]:
+    return sorted(p for p, k in self.bad.items() if k == kind)
+
+
+def _spoil(image, kind: str, variant: int, rng: np.random.Generator):
+  """One bad version of a PIL RGB photo (variant picks the strength)."""
+  from PIL import Image, ImageEnhance, ImageFilter  # pylint: disable=g-import-not-at-top
+  w, h = image.size
+  if kind == "blurry":  # Out of focus: 1.5% to 3% of the longer side.
+    radius = max(w, h) * (0.015 + 0.005 * (variant % 4))
+    return image.filter(ImageFilter.GaussianBlur(radius))
+  if kind == "dark":  # Underexposed.
+    return ImageEnhance.Brightness(image).enhance(0.12 + 0.04 * (variant % 3))
+  if kind == "light":  # Overexposed: burnt out.
+    return ImageEnhance.Brightness(image).enhance(2.6 + 0.6 * (variant % 3))
+  if kind == "grayscale":
+    return image.convert("L").convert("RGB")
+  if kind == "odd_size":  # A thumbnail, 32 px wide.
+    return image.resize((32, max(1, round(32 * h / w))), Image.BILINEAR)
+  if kind == "odd_aspect_ratio":  # A thin strip of the photo.
+    strip = max(8, h // (5 + variant % 3))
+    top = int(rng.integers(0, h - strip + 1))
+    return image.crop((0, top, w, top + strip))
+  if kind == "low_information":  # Almost flat: its mean colour and a
+    # little noise, or a faint shadow of the photo.
+    mean = np.asarray(image, np.float32).reshape(-1, 3).mean(0)
+    if variant % 2:
+      pixels = mean + rng.normal(0, 2.0, (h, w, 3))
+    else:
+      pixels = mean + 0.04 * (np.asarray(image, np.float32) - mean)
+    return Image.fromarray(np.clip(np.rint(pixels), 0, 255).astype(np.uint8))
+  raise ValueError(kind)
+
+
+def plant_quality(source: str, dest: str, per_kind: int = 6,
+                  clean_per_class: int = 0, seed: int = 0
+                  ) -> PlantedQuality:
+  """dest/<class>/...: the photos of `source` (at most clean_per_class of
+  each class; 0: all) and, filed among them, `per_kind` bad versions of
+  other photos of it for each QUALITY_KINDS kind (8 blurry)."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(seed)
+  photos = _photos(source)
+  planted = PlantedQuality(dest)
+  spare = []
+  for label, names in photos.items():
+    os.makedirs(os.path.join(dest, label), exist_ok=True)
+    keep = names[:clean_per_class] if clean_per_class else names
+    for name in keep:
+      _link(os.path.join(source, label, name),
+            os.path.join(dest, label, name))
+    spare += [(label, n) for n in names[len(keep):]] or []
+  if not spare:  # Every photo is kept: spoil copies of some of them.
+    spare = [(label, n) for label, names in photos.items() for n in names]
+  order = rng.permutation(len(spare))
+  k = 0
+  for kind in QUALITY_KINDS:
+    for variant in range(8 if kind == "blurry" else per_kind):
+      label, name = spare[order[k % len(spare)]]
+      k += 1
+      with Image.open(os.path.join(source, label, name)) as im:
+        bad = _spoil(im.convert("RGB"), kind, variant, rng)
+      path = os.path.join(dest, label,
+                          f"planted_{kind}_{variant}_{os.path.splitext(name)[0]}.jpg")
+      bad.save(path, quality=95)
+      planted.bad[path] = kind
+  return planted

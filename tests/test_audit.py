@@ -239,7 +239,7 @@ def test_exclude_from_training_leaves_the_findings_out(planted, audited,
   path = tmp_path / "audit.json"
   # Written by a run that spelled --image_dir another way (relative).
   relative = json.loads(json.dumps(report))
-  for key in ("label_errors", "outliers"):
+  for key in ("label_errors", "outliers", "quality"):
     for row in relative[key]:
       row["path"] = os.path.relpath(row["path"])
   for group in relative["duplicate_groups"]:
@@ -252,11 +252,11 @@ def test_exclude_from_training_leaves_the_findings_out(planted, audited,
   plain = pipeline.run(config._replace(**base), hparams, model)
   excluded = pipeline.run(config._replace(
       exclude_from_training=str(path), **base), hparams, model)
-  listed = {r["path"] for key in ("label_errors", "outliers")
+  listed = {r["path"] for key in ("label_errors", "outliers", "quality")
             for r in report[key]}
   listed |= {m["path"] for g in report["duplicate_groups"]
              if not g["same_class"] for m in g["images"]}
-  in_training = {m["path"] for key in ("label_errors", "outliers")
+  in_training = {m["path"] for key in ("label_errors", "outliers", "quality")
                  for m in report[key] if m["set"] == "training"}
   in_training |= {m["path"] for g in report["duplicate_groups"]
                   if not g["same_class"] for m in g["images"]

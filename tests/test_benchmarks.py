@@ -139,3 +139,14 @@ def test_search_benchmark_prints_new_and_old(shared, tmp_path):
   assert re.search(r"\| synthetic Inception-sized +\| 200 +\| 2048 +\| 5 +\|",
                    out), out
   assert "5-fold cross-validation" in out
+
+
+def test_audit_benchmark_measures_photo_quality(shared, tmp_path):
+  out = _run("audit.py", ["--only_photo_quality", f"--work_dir={tmp_path}"])
+  rows = re.findall(r"\| (\w+) +\| (\d+) +\| ([0-9.]+) \(\d+\) +\| "
+                    r"([0-9.]+|-) \(\d+\)", out)
+  assert [r[0] for r in rows] == list(
+      __import__("retrain.audit.quality", fromlist=["KINDS"]).KINDS), out
+  for kind, _, recall, _ in rows:
+    assert float(recall) >= 0.8, (kind, out)
+  assert "ratio" in out and "cats_dogs_small" in out

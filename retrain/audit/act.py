@@ -5,8 +5,9 @@ moved or deleted; only which set an image trains or tests in changes.
 member whose path sorts first (so a group never spans training and test);
 this changes the split of those images only. --exclude_from_training=
 audit.json leaves out of training the images that file lists as likely
-label errors or outliers and every member of a duplicate group that spans
-classes (their label is in doubt); they stay in validation and test.
+label errors or outliers, every member of a duplicate group that spans
+classes (their label is in doubt) and every photo with a photo-quality
+finding (blurry, dark, ...); they stay in validation and test.
 """
 
 import dataclasses
@@ -89,6 +90,8 @@ def excluded_paths(audit_json: str) -> Set[str]:
     found = json.loads(fs.read_bytes(audit_json).decode("utf-8"))
     paths = {fs.abspath(r["path"]) for key in ("label_errors", "outliers")
              for r in found[key]}
+    # Photo-quality findings (audit.json files from before them have none).
+    paths.update(fs.abspath(r["path"]) for r in found.get("quality", []))
     for group in found["duplicate_groups"]:
       if not group["same_class"]:
         paths.update(fs.abspath(m["path"]) for m in group["images"])

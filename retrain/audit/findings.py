@@ -62,6 +62,11 @@ class Audit:
   test_accuracy_leak_free: Optional[float] = None
   test_images_leak_free: Optional[int] = None
   reused: bool = False  # Read from the cache folder (memo.py).
+  # Photo-quality findings (quality.py): path, label, set, issue, score;
+  # None: no photo statistics were at hand.
+  quality: Optional[List[Dict[str, object]]] = None
+  quality_thresholds: Dict[str, object] = dataclasses.field(
+      default_factory=dict)
 
   @property
   def leaked_test_images(self) -> List[str]:
@@ -75,7 +80,16 @@ class Audit:
         near_groups=sum(g["kind"] == "near" for g in self.groups),
         groups_across_classes=sum(not g["same_class"] for g in self.groups),
         leaked_test_images=len(self.leaked_test_images),
-        label_errors=len(self.label_errors), outliers=len(self.outliers))
+        label_errors=len(self.label_errors), outliers=len(self.outliers),
+        quality=len(self.quality or []))
+
+  def quality_counts(self) -> Dict[str, int]:
+    """Photo-quality findings by kind (every kind, 0 included)."""
+    from retrain.audit import quality  # pylint: disable=g-import-not-at-top
+    out = {k: 0 for k in quality.KINDS}
+    for row in self.quality or []:
+      out[row["issue"]] += 1
+    return out
 
   def summary(self) -> str:
     """The log line."""
@@ -87,6 +101,11 @@ class Audit:
             f"duplicate groups ({c['groups_across_classes']} across "
             f"classes), {c['label_errors']} likely label errors, "
             f"{c['outliers']} outliers")
+    if self.quality is not None:
+      found = [f"{n} {k.replace('_', ' ')}"
+               for k, n in self.quality_counts().items() if n]
+      line += ("; photo quality: " + ", ".join(found) if found else
+               "; no photo-quality findings")
     if c["leaked_test_images"]:
       line += (f"; test accuracy may be inflated by "
                f"{c['leaked_test_images']} leaked images (duplicates in "
@@ -110,7 +129,9 @@ class Audit:
                 test_images_leak_free=self.test_images_leak_free,
                 leaked_test_images=self.leaked_test_images,
                 duplicate_groups=self.groups, label_errors=self.label_errors,
-                outliers=self.outliers)
+                outliers=self.outliers, quality=self.quality or [],
+                quality_counts=self.quality_counts(),
+                quality_thresholds=self.quality_thresholds)
 
   def write(self, folder: str) -> str:
     """Writes audit.json (atomically) into folder; returns its path."""

@@ -31,13 +31,19 @@ class _Work(NamedTuple):
   distortions: Optional[object] = None  # preprocess.Distortions
   copy: int = 0
   random_seed: int = 0
+  # path -> photo statistics of the originals decoded (see
+  # photo_statistics), or None.
+  stats: Optional[Dict[str, np.ndarray]] = None
 
 
 def _extractor(work: _Work, config: RunConfig) -> BottleneckExtractor:
   """The in-process extractor for one cache tag's missing vectors."""
-  return BottleneckExtractor(work.fx, config.bottleneck_batch_size,
-                             distortions=work.distortions, copy=work.copy,
-                             random_seed=work.random_seed)
+  extractor = BottleneckExtractor(work.fx, config.bottleneck_batch_size,
+                                  distortions=work.distortions,
+                                  copy=work.copy,
+                                  random_seed=work.random_seed)
+  extractor.photo_stats = work.stats
+  return extractor
 
 
 def _fill(store: cache.BottleneckCache, refs: Sequence[cache.ImageRef],
@@ -129,7 +135,8 @@ def _recover(store: cache.BottleneckCache, refs: Sequence[cache.ImageRef],
 
 def compute_bottlenecks(image_lists: images.ImageLists, fx: FeatureExtractor,
                         config: RunConfig, random_seed: int = 0,
-                        what: str = "Bottlenecks"
+                        what: str = "Bottlenecks",
+                        stats: Optional[Dict[str, np.ndarray]] = None
                         ) -> Tuple[Dict[str, LabeledBottlenecks],
                                    cache.FillResult, int]:
   """The bottlenecks of every image, by set, from the cache or computed.
@@ -139,14 +146,17 @@ def compute_bottlenecks(image_lists: images.ImageLists, fx: FeatureExtractor,
   Returns (sets, fill result of the originals, augmented vectors computed).
   Several models in one (fx.parts): each model's vectors cached under its
   own tag, joined (combined.join); the counts are summed over the models.
+  `stats`: a dict that gets the photo statistics of the originals decoded
+  here (by the first model, with several), for photo_statistics.
   """
   if fx.parts:
     return _joined([compute_bottlenecks(image_lists, part, config,
-                                        random_seed, f"{what} ({part.source})")
-                    for part in fx.parts])
+                                        random_seed, f"{what} ({part.source})",
+                                        stats if i == 0 else None)
+                    for i, part in enumerate(fx.parts)])
   refs, truth, category = _refs(image_lists)
   result = _fill(cache.BottleneckCache(config.bottleneck_dir, fx.tag), refs,
-                 what, _Work(fx), config)
+                 what, _Work(fx, stats=stats), config)
   copies = config.copies()
   # The sets refer to rows of the memory-mapped index: nothing is loaded
   # yet (see keep_in_memory).
@@ -285,3 +295,61 @@ def folder_bottlenecks(folder: str, fx: FeatureExtractor, config: RunConfig,
   found = sets[images.TESTING]
   return (np.asarray(found.take(np.arange(len(found))), np.float32),
           list(found.paths), list(filled.failures))
+
+
+class PhotoStats(NamedTuple):
+  """Every usable original's photo statistics (data/photo_stats.py)."""
+  paths: List[str]
+  values: np.ndarray  # float32 [n, photo_stats.COUNT]
+
+
+def photo_statistics(image_lists: images.ImageLists, fx: FeatureExtractor,
+                     config: RunConfig,
+                     decoded: Optional[Dict[str, np.ndarray]] = None,
+                     read_only: bool = False) -> PhotoStats:
+  """The photo statistics of every listed image, cached beside its
+  bottleneck (their own tag, photo_stats.tag): those `decoded` holds (made
+  while its bottleneck was computed) are stored, the rest read from the
+  cache, and the ones still missing (a cache from before the statistics,
+  or bottlenecks computed by Beam) computed by decoding only, no CNN.
+  read_only: nothing computed or written (python -m retrain.audit)."""
+  from retrain.data import photo_stats  # pylint: disable=g-import-not-at-top
+  from retrain.features.extract import ImageDecoder  # pylint: disable=g-import-not-at-top
+  model = fx.parts[0] if fx.parts else fx
+  refs, _, _ = _refs(image_lists)
+  store = cache.BottleneckCache(config.bottleneck_dir,
+                                photo_stats.tag(model.tag))
+  if read_only:
+    values, found = store.lookup(refs, photo_stats.COUNT)
+    keep = np.flatnonzero(found)
+    return PhotoStats([refs[i].path for i in keep], values[keep])
+  decoded = decoded or {}
+
+  def compute(missing):
+    decoder = None
+    progress = None
+    try:
+      for i, ref in enumerate(missing):
+        value = decoded.get(ref.path)
+        if value is None:
+          if decoder is None:
+            decoder = ImageDecoder(model.input_size, rule=model.preprocessing)
+            progress = Progress("Photo statistics", len(missing))
+          image, error, size = decoder.decode_sized(ref.path)
+          if image is None:
+            yield i, None, error
+            continue
+          value = photo_stats.compute(image, size)
+          progress.update(i + 1)
+        yield i, value, None
+    finally:
+      if decoder is not None:
+        decoder.close()
+        progress.close()
+  # Kept in the packed index only (compute_stores: no sidecar file per
+  # photo, which would cost more than the statistics): an interrupted run
+  # recomputes them from the photos, without the CNN.
+  result = store.fill(refs, compute, photo_stats.COUNT, compute_stores=True)
+  keep = np.flatnonzero(result.ok)
+  return PhotoStats([refs[i].path for i in keep],
+                    np.asarray(result.vectors[keep], np.float32))

@@ -14,7 +14,7 @@ import tensorflow as tf
 from absl import logging
 
 from cache import fs
-from retrain.data import imageinfo, preprocess
+from retrain.data import imageinfo, photo_stats, preprocess
 from retrain.errors import UserError
 from retrain.features.model import FeatureExtractor, build_bottleneck
 
@@ -86,11 +86,21 @@ class ImageDecoder:
   def decode(self, path: str, seed: Sequence[int] = (0, 0)
              ) -> Tuple[Optional[np.ndarray], Optional[str]]:
     """decode_bytes of a file's contents (or why it cannot be read)."""
+    image, error, _ = self.decode_sized(path, seed)
+    return image, error
+
+  def decode_sized(self, path: str, seed: Sequence[int] = (0, 0)
+                   ) -> Tuple[Optional[np.ndarray], Optional[str],
+                              Tuple[float, float]]:
+    """decode(path) and the file's own (width, height) (NaN where its
+    header does not say)."""
     try:
       data = fs.read_bytes(path)
     except OSError as e:
-      return None, f"cannot read it ({e.strerror})"
-    return self.decode_bytes(data, seed)
+      return None, f"cannot read it ({e.strerror})", (np.nan, np.nan)
+    info = imageinfo.sniff(data)
+    size = (info.width, info.height) if info else (np.nan, np.nan)
+    return (*self.decode_bytes(data, seed), size)
 
 
 def augmentation_seed(random_seed: int, key: str, copy: int) -> List[int]:
@@ -230,6 +240,9 @@ class BottleneckExtractor:
     self.decoder = ImageDecoder(fx.input_size, distortions, fx.preprocessing)
     self._copy = copy
     self._random_seed = random_seed
+    # path -> photo_stats.compute of the originals decoded, when a dict is
+    # given (the photo statistics, kept without a second decode).
+    self.photo_stats: Optional[Dict[str, np.ndarray]] = None
     self.session = tf1.Session(graph=self.graph)
     # The first run of a session optimizes the graph and sets up its kernels
     # (0.1-0.3 s for a MobileNet); do it now, while the first images decode.
@@ -292,6 +305,11 @@ class BottleneckExtractor:
     """Decodes an image (cache.ImageRef or path), distorted if so set up."""
     if isinstance(ref, str):
       return self.decoder.decode(ref)
+    if self.photo_stats is not None and not self.decoder.distortions:
+      image, error, size = self.decoder.decode_sized(ref.path)
+      if image is not None:
+        self.photo_stats[ref.path] = photo_stats.compute(image, size)
+      return image, error
     seed = augmentation_seed(self._random_seed,
                              f"{ref.class_dir}/{ref.relpath}", self._copy)
     return self.decoder.decode(ref.path, seed)

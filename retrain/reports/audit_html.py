@@ -14,6 +14,7 @@ from typing import Dict, Iterable, List, Mapping
 MAX_GROUPS = 40
 MAX_LABEL_ERRORS = 60
 MAX_OUTLIERS = 20
+MAX_QUALITY_PER_KIND = 12
 
 STYLE = """
 .group{display:flex;flex-wrap:wrap;gap:8px;border:1px solid #ddd;
@@ -33,7 +34,43 @@ def shown_paths(audit: Mapping) -> List[str]:
            for m in g["images"]]
   paths += [r["path"] for r in audit["label_errors"][:MAX_LABEL_ERRORS]]
   paths += [r["path"] for r in audit["outliers"][:MAX_OUTLIERS]]
+  paths += [r["path"] for rows in _quality_by_kind(audit).values()
+            for r in rows[:MAX_QUALITY_PER_KIND]]
   return paths
+
+
+def _quality_by_kind(audit: Mapping) -> Dict[str, List[Mapping]]:
+  out: Dict[str, List[Mapping]] = {}
+  for row in audit.get("quality", []):  # Worst first within each kind.
+    out.setdefault(row["issue"], []).append(row)
+  return out
+
+
+def _quality(audit: Mapping, thumbs: Mapping[str, str]) -> str:
+  """The photo-quality part: each kind's photos, worst first."""
+  if "quality_counts" not in audit:
+    return ""
+  groups = _quality_by_kind(audit)
+  total = sum(len(v) for v in groups.values())
+  thresholds = audit.get("quality_thresholds", {})
+  parts = [f"<h3>Photo quality ({total})</h3><p class=meta>from statistics "
+           "of each photo kept with its bottleneck; worst first. "
+           "--exclude_from_training=audit.json leaves them out of "
+           "training.</p><div id=quality>"]
+  if not total:
+    parts.append("<p>None found.</p>")
+  for kind, rows in groups.items():
+    rule = thresholds.get(kind, {})
+    parts.append(f"<h4>{_e(kind.replace('_', ' '))} ({len(rows)})</h4>"
+                 f"<p class=meta>score: {_e(rule.get('score', ''))}</p>"
+                 f"<div class=gallery id=quality-{_e(kind)}>")
+    parts += [_figure(r["path"], thumbs,
+                      f"{_e(r['label'])} ({_e(r['set'])}), "
+                      f"{float(r['score']):.3g}")
+              for r in rows[:MAX_QUALITY_PER_KIND]]
+    parts.append("</div>" + _more(rows, MAX_QUALITY_PER_KIND))
+  parts.append("</div>")
+  return "".join(parts)
 
 
 def _figure(path: str, thumbs: Mapping[str, str], caption: str) -> str:
@@ -85,7 +122,9 @@ def section(audit: Mapping, thumbs: Mapping[str, str]) -> str:
       f"<p>{audit['images']} images: {c['exact_groups']} exact and "
       f"{c['near_groups']} near duplicate groups "
       f"({c['groups_across_classes']} across classes), "
-      f"{c['label_errors']} likely label errors, {c['outliers']} outliers "
+      f"{c['label_errors']} likely label errors, {c['outliers']} outliers"
+      + (f", {c.get('quality', 0)} photo-quality findings"
+         if "quality_counts" in audit else "") + " "
       f"<span class=meta>({audit['seconds']:.1f} s, from the cached "
       "bottlenecks; nothing was changed)</span></p>", leak_line,
       f"<h3>Duplicate groups ({len(groups)})</h3>",
@@ -107,5 +146,5 @@ def section(audit: Mapping, thumbs: Mapping[str, str]) -> str:
                       f"{_e(r['label'])} ({_e(r['set'])}), z {r['z']:.1f}")
               for r in far[:MAX_OUTLIERS]), "</div>",
       "" if far else "<p>None found.</p>", _more(far, MAX_OUTLIERS),
-      "</section>"]
+      _quality(audit, thumbs), "</section>"]
   return "".join(parts)

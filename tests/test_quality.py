@@ -86,13 +86,16 @@ def test_findings_are_worst_first_and_in_the_log_line_and_report(run):
   assert section.count("<img") >= shown
 
 
-def test_the_log_line_counts_them(folder, shared, tmp_path, caplog):
-  config = helpers.run_config(tmp_path, folder.root, audit=True)
-  caplog.set_level("INFO")
-  pipeline.run(config, STEPS, helpers.shared_mobilenet(shared))
-  line = [r.getMessage() for r in caplog.records
-          if r.getMessage().startswith("Audit of")][0]
-  assert "photo quality: " in line and "8 blurry" in line, line
+def test_the_log_line_counts_them(run, shared, tmp_path):
+  """The audit's log line (Audit.summary, what a run logs)."""
+  config, _, audit = run
+  line = pipeline.audit_cache(
+      config, model_options=helpers.shared_mobilenet(shared),
+      output_dir=str(tmp_path)).summary()
+  counts = audit["quality_counts"]
+  assert "; photo quality: " in line, line
+  assert f"{counts['blurry']} blurry, {counts['dark']} dark" in line, line
+  assert f"{counts['low_information']} low information" in line, line
 
 
 def test_a_warm_run_decodes_nothing(run, shared, monkeypatch):

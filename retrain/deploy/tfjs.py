@@ -114,7 +114,11 @@ def split_weights(graph_def: tf1.GraphDef, quantize: str = "none"
     spec = {"name": node.name, "shape": list(value.shape),
             "dtype": _DTYPES[dtype]}
     if spec["dtype"] == "float32":
-      data, quantization = _quantize(value.astype(np.float32), quantize)
+      # The unknown class's kept photos: 8 bits per component moves the
+      # cosines it thresholds sharply; they keep 16.
+      mode = ("float16" if quantize == "uint8" and
+              node.name == export.PROTOTYPES_NODE else quantize)
+      data, quantization = _quantize(value.astype(np.float32), mode)
       if quantization:
         spec["quantization"] = quantization
     elif spec["dtype"] == "int32":

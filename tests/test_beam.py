@@ -331,3 +331,36 @@ def test_several_models_go_through_beam(small_models, color_images,
     np.testing.assert_allclose(s.take(np.arange(len(s))),
                                b.sets[cat].take(np.arange(len(s))),
                                atol=SAME * 10)
+
+
+def test_beam_workers_write_the_photo_statistics(shared, tmp_path):
+  """With the audit on, the workers write each photo's statistics beside
+  its vector (sidecars: the driver, when it computes them, keeps them in
+  the index only), equal to the in-process ones; the driver decodes none."""
+  from retrain.features import bottlenecks  # pylint: disable=g-import-not-at-top
+  from retrain.features.model import load_feature_extractor  # pylint: disable=g-import-not-at-top
+  flowers = os.path.join(shared, "datasets", "flower_photos_dev")
+  plain = helpers.run_config(tmp_path / "plain", flowers, audit=True)
+  beamed = helpers.run_config(tmp_path / "beam", flowers, audit=True,
+                              beam_runner="DirectRunner", beam_options=MULTI)
+  options = _mobilenet(shared)
+  found = {}
+  for config in (plain, beamed):
+    data = pipeline.cache_bottlenecks(config, HParams(), options)
+    assert len(data.photo_stats.paths) == 500
+    found[config.bottleneck_dir] = dict(zip(data.photo_stats.paths,
+                                            data.photo_stats.values))
+  sidecars = [p for p in helpers.files_under(beamed.bottleneck_dir)
+              if ".photostats" in p and p.endswith(".bn")]
+  assert len(sidecars) == 500
+  assert not [p for p in helpers.files_under(plain.bottleneck_dir)
+              if ".photostats" in p and p.endswith(".bn")]
+  a, b = found[plain.bottleneck_dir], found[beamed.bottleneck_dir]
+  assert sorted(a) == sorted(b)
+  for path in a:
+    np.testing.assert_allclose(a[path], b[path], rtol=1e-6, atol=1e-6)
+  fx = load_feature_extractor(options, beamed.bottleneck_dir)
+  cached = bottlenecks.photo_statistics(
+      pipeline.images.list_images(flowers, 10, 10), fx, beamed,
+      read_only=True)
+  assert len(cached.paths) == 500

@@ -86,6 +86,9 @@ class Job:
   distortions: Optional[object] = None  # preprocess.Distortions
   copy: int = 0
   random_seed: int = 0
+  # Also write each computed original's photo statistics (photo_stats) as
+  # a sidecar under their own tag, for the audit.
+  photo_stats: bool = False
 
 
 _setup_lock = threading.Lock()
@@ -189,6 +192,11 @@ class _ExtractShard(beam.DoFn):
   def setup(self) -> None:
     _worker_setup()
     self.store = cache.BottleneckCache(self.job.root, self.job.tag)
+    self.stats_store = None
+    if self.job.photo_stats:
+      from retrain.data import photo_stats  # pylint: disable=g-import-not-at-top
+      self.stats_store = cache.BottleneckCache(
+          self.job.root, photo_stats.tag(self.job.tag))
 
   def process(self, path: str) -> Iterator[int]:
     rows = json.loads(fs.for_path(path).read_bytes(path))
@@ -218,13 +226,19 @@ class _ExtractShard(beam.DoFn):
       return answers
     with _extractor_lock:
       extractor = _shared_extractor(self.job)
-      for j, vector, error in extractor.compute([t[1] for t in todo]):
-        index, ref, fingerprint = todo[j]
-        if vector is None:
-          answers.failure(index, error)
-        else:
+      decoded = extractor.photo_stats = {} if self.stats_store else None
+      try:
+        for j, vector, error in extractor.compute([t[1] for t in todo]):
+          index, ref, fingerprint = todo[j]
+          if vector is None:
+            answers.failure(index, error)
+            continue
           self.store.store(ref, np.asarray(vector, np.float32), fingerprint)
           answers.vector(index, vector)
+          if decoded is not None and ref.path in decoded:
+            self.stats_store.store(ref, decoded.pop(ref.path), fingerprint)
+      finally:
+        extractor.photo_stats = None
     return answers
 
   def _write_pack(self, shard: str, answers: Answers) -> None:
@@ -309,19 +323,20 @@ def _run(p: beam.Pipeline) -> None:
 
 def compute(refs: Sequence[cache.ImageRef], fx, tag: str, root: str,
             runner: str, options: str, batch_size: int, distortions=None,
-            copy: int = 0, random_seed: int = 0
+            copy: int = 0, random_seed: int = 0, photo_stats: bool = False
             ) -> Iterator[Tuple[int, Optional[np.ndarray], Optional[str]]]:
   """Runs the pipeline over `refs`, which writes their sidecars under cache
   tag `tag` (the model's, or an augmented copy's); then yields (index,
   vector, None) or (index, None, why it cannot be used) for every image, as
   the in-process extractor's compute does (in no particular order), and
   (index, None, None) for an image no shard answered for (a runner that
-  dropped work): see bottlenecks._recover."""
+  dropped work): see bottlenecks._recover. photo_stats: the workers also
+  write each original's photo statistics (see Job)."""
   run = fs.join(root, ".beam", f"{tag}-{uuid.uuid4().hex[:12]}")
   store = fs.for_path(run)
   job = Job(root, tag, stage_model(fx, root),
             dataclasses.replace(fx, graph_def=None), batch_size, distortions,
-            copy, random_seed)
+            copy, random_seed, photo_stats)
   try:
     shards = []
     size = shard_size(len(refs), batch_size)

@@ -87,7 +87,7 @@ def _beam_compute(store: cache.BottleneckCache,
       missing, work.fx, store.tag, config.bottleneck_dir, config.beam_runner,
       config.beam_options, config.bottleneck_batch_size or
       beam_extract.DEFAULT_BATCH_SIZE, work.distortions, work.copy,
-      work.random_seed):
+      work.random_seed, work.stats is not None):
     if vector is None and error is None:
       unanswered.append(index)
     else:
@@ -310,8 +310,9 @@ def photo_statistics(image_lists: images.ImageLists, fx: FeatureExtractor,
   """The photo statistics of every listed image, cached beside its
   bottleneck (their own tag, photo_stats.tag): those `decoded` holds (made
   while its bottleneck was computed) are stored, the rest read from the
-  cache, and the ones still missing (a cache from before the statistics,
-  or bottlenecks computed by Beam) computed by decoding only, no CNN.
+  cache (with --beam_runner the workers wrote them beside the vectors),
+  and the ones still missing (a cache from before the statistics)
+  computed by decoding only, no CNN.
   read_only: nothing computed or written (python -m retrain.audit)."""
   from retrain.data import photo_stats  # pylint: disable=g-import-not-at-top
   from retrain.features.extract import ImageDecoder  # pylint: disable=g-import-not-at-top

@@ -118,11 +118,13 @@ def _linked_copies(image_dir: str, copies: int, folder: str) -> str:
 
 
 def _cached_vectors(folder):
+  """The bottleneck sidecars below folder (Beam workers also write photo
+  statistics beside them: not bottlenecks, left out)."""
   import cache  # pylint: disable=g-import-not-at-top
   found = {}
   for root, _, files in os.walk(folder):
     for f in files:
-      if f.endswith(".bn"):
+      if f.endswith(".bn") and ".photostats" not in f:
         found[os.path.relpath(os.path.join(root, f), folder)] = (
             cache.read_vector(os.path.join(root, f)))
   return found

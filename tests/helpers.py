@@ -139,12 +139,13 @@ def shared_mobilenet(shared):
 
 
 def cached_vectors(root):
-  """{sidecar path below root: vector} of every cache file, each verified
-  whole."""
+  """{sidecar path below root: vector} of every bottleneck cache file, each
+  verified whole (the photo statistics Beam workers write beside them are
+  left out)."""
   import cache  # pylint: disable=g-import-not-at-top
   out = {}
   for rel in files_under(root):
-    if rel.endswith(cache.naming.SUFFIX):
+    if rel.endswith(cache.naming.SUFFIX) and ".photostats" not in rel:
       with open(os.path.join(root, rel), "rb") as f:
         cache.verify(f.read())
       out[rel] = cache.read_vector(os.path.join(root, rel))

@@ -33,6 +33,7 @@ from retrain.features import bottlenecks
 from retrain.features import cut as cuts
 from retrain.features import storage  # pylint: disable=unused-import  (gs://, ram://)
 from retrain.features.model import FeatureExtractor, load_feature_extractor
+from retrain.features import sets as sets_lib
 from retrain.features.sets import LabeledBottlenecks
 from retrain.reports import phases, report, report_html
 from retrain.reports.progress import Progress
@@ -564,12 +565,12 @@ def add_unknown_class(inputs: Inputs, data: Bottlenecks, final: FinalModel,
   test photos' answers gain its column; --unknown_dir photos are scored.
   Logged; its report in final.unknown_report."""
   photos = _unknown_photos(data, final.test.paths, config, hparams)
+  cached = sets_lib.by_paths(data.sets, photos)
+  truth = {name: s.y for name, s in cached.items()}
   if tuned is not None and tuned.result.improved:  # The tuned CNN's.
     vectors = {name: tuned.result.features[name] for name in photos}
   else:
-    vectors = {name: _vectors_of(data, paths, inputs.fx.bottleneck_size)
-               for name, paths in photos.items()}
-  truth = {name: _labels_of(data, paths) for name, paths in photos.items()}
+    vectors = {name: s.take(np.arange(len(s))) for name, s in cached.items()}
   known = lambda x: unknown_class.layer_probabilities(  # pylint: disable=g-long-lambda
       x, final.weights, final.biases)
   validation = known(vectors["validation"])
@@ -769,30 +770,6 @@ def _unknown_photos(data: Bottlenecks, test_paths: Sequence[str],
   return {"training": [training.paths[originals[i]] for i in keep],
           "validation": list(data.sets[images.VALIDATION].paths),
           "testing": list(test_paths)}
-
-
-def _where(data: Bottlenecks, paths: Sequence[str]):
-  """(set, row) of each path, in order."""
-  found = {p: (cat, i) for cat, s in data.sets.items()
-           for i, p in enumerate(s.paths)}
-  return [found[p] for p in paths]
-
-
-def _vectors_of(data: Bottlenecks, paths: Sequence[str],
-                size: int) -> np.ndarray:
-  """float32 [n, size]: the cached bottlenecks of `paths`, in order."""
-  out = np.zeros([len(paths), size], np.float32)
-  places = _where(data, paths)
-  for cat, labeled in data.sets.items():
-    at = [k for k, (c, _) in enumerate(places) if c == cat]
-    if at:
-      out[at] = labeled.take(np.array([places[k][1] for k in at], np.int64))
-  return out
-
-
-def _labels_of(data: Bottlenecks, paths: Sequence[str]) -> np.ndarray:
-  return np.array([data.sets[c].y[i] for c, i in _where(data, paths)],
-                  np.int64)
 
 
 def _stages(layer: TrainedLayer,

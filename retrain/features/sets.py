@@ -5,7 +5,7 @@ Pure numpy; no TensorFlow.
 """
 
 import dataclasses
-from typing import Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -90,3 +90,16 @@ class LabeledBottlenecks:
     out = np.empty((len(rows), self.x.shape[1]), np.float32)
     out[order] = self.x[rows[order]]
     return out
+
+
+def by_paths(sets: Dict[str, LabeledBottlenecks],
+             named: Dict[str, Sequence[str]]
+             ) -> Dict[str, LabeledBottlenecks]:
+  """name -> the items of any of `sets` with those paths, in that order, as
+  views (nothing is read); the path lookup is built once for all names."""
+  if not named:
+    return {}
+  every = LabeledBottlenecks.stack(list(sets.values()))
+  row = {p: i for i, p in enumerate(every.paths)}
+  return {name: every.subset(np.array([row[p] for p in paths], np.int64))
+          for name, paths in named.items()}

@@ -30,7 +30,7 @@ from retrain.data import images
 from retrain.features import bottlenecks
 from retrain.features import cut as cuts
 from retrain.features.model import FeatureExtractor
-from retrain.features.sets import LabeledBottlenecks
+from retrain.features.sets import LabeledBottlenecks, by_paths
 from retrain.training import schedules
 from retrain.training import top as tops
 from retrain.training.train import SAMPLERS, sample_subset
@@ -303,15 +303,6 @@ class Stage:
   params: FineTuneParams  # What it trained with.
 
 
-def _by_path(sets: Dict[str, LabeledBottlenecks],
-             paths: List[str]) -> LabeledBottlenecks:
-  """The items of any of `sets` with the given paths, in that order (a
-  view: nothing is read)."""
-  every = LabeledBottlenecks.stack([sets[c] for c in images.CATEGORIES])
-  row = {p: i for i, p in enumerate(every.paths)}
-  return every.subset(np.array([row[p] for p in paths], np.int64))
-
-
 def cut_vectors(image_lists: images.ImageLists, fx: FeatureExtractor,
                 config: RunConfig, hparams: HParams):
   """The cut the flags ask for and every image's cut vector (and augmented
@@ -390,8 +381,7 @@ def run_stage(image_lists: images.ImageLists, fx: FeatureExtractor,
       len(image_lists.labels),
       params, test=test_set.subset(test_rows),
       log=lambda point: log(point, steps), values=values,
-      features={name: _by_path(sets, paths)
-                for name, paths in (features or {}).items()})
+      features=by_paths(sets, features or {}))
   tuned = fx
   if result.improved:
     logging.info("Fine-tuning: validation accuracy %.1f%% -> %.1f%% (%s "
